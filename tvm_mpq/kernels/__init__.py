@@ -1,0 +1,1 @@
+"""Integer compute definitions (TVM TE) for the quantized operators."""
