@@ -1,0 +1,96 @@
+"""Lower a plan to Relax, compile it with TVM, run it, time it, export it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .frontend import ImportedModel, to_relax
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency over `repeat` repeats of `number` calls each (seconds → ms)."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    iqr_ms: float
+    repeats: int
+    number: int
+
+    @staticmethod
+    def from_seconds(per_repeat: Sequence[float], number: int) -> "LatencyStats":
+        ms = np.asarray(per_repeat, dtype=np.float64) * 1e3
+        q1, q3 = np.percentile(ms, [25, 75])
+        return LatencyStats(float(np.median(ms)), float(ms.min()), float(ms.max()), float(q3 - q1), len(ms), number)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def lower(imported: ImportedModel, plan: Plan):
+    """The Relax IRModule of `imported` at the precisions of a resolved plan."""
+    from .transform.quantize_mixed_precision import QuantizeMixedPrecision
+
+    weights = {
+        name: imported.parameter(layer.weight) for name, layer in imported.graph.layers.items() if layer.weight
+    }
+    return QuantizeMixedPrecision(plan, imported.graph, weights)(to_relax(imported))
+
+
+class CompiledModel:
+    """A compiled Relax executable on the local CPU (or a module loaded from an exported library)."""
+
+    def __init__(self, executable, compile_seconds: float = 0.0):
+        import tvm
+        from tvm import relax
+
+        self.executable = executable
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(executable, self.device)
+        self.compile_seconds = compile_seconds
+
+    def _args(self, inputs):
+        import tvm
+
+        return [tvm.runtime.tensor(np.ascontiguousarray(np.asarray(a)), self.device) for a in inputs]
+
+    def run(self, inputs: Sequence) -> np.ndarray:
+        out = self.vm["main"](*self._args(inputs))
+        if not hasattr(out, "numpy"):  # a tuple of outputs: the first is the model output
+            out = out[0]
+        return out.numpy()
+
+    def benchmark(self, inputs: Sequence, number: int = 5, repeat: int = 10, min_repeat_ms: int = 0) -> LatencyStats:
+        args = self._args(inputs)
+        self.vm["main"](*args)  # warm-up
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        return LatencyStats.from_seconds(timer(*args).results, number)
+
+    def export_library(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.executable.export_library(str(path))
+        return path
+
+    @staticmethod
+    def load(path) -> "CompiledModel":
+        import tvm
+
+        return CompiledModel(tvm.runtime.load_module(str(path)))
+
+
+def build(imported: ImportedModel, plan: Plan, target) -> CompiledModel:
+    """Lower and compile; `target` is a tvm.target.Target (e.g. `profile.tvm_target()`)."""
+    import tvm
+
+    start = time.perf_counter()
+    mod = lower(imported, plan)
+    executable = tvm.compile(mod, target=target)
+    return CompiledModel(executable, time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Relax passes of tvm_mpq, one per module."""
