@@ -21,12 +21,6 @@ from .graph import Layer
 from .numerics import ActEncoding, Candidate
 
 
-def fake_quant(x: torch.Tensor, enc: ActEncoding) -> torch.Tensor:
-    """Quantize-dequantize `x` with a per-tensor encoding, as the compiled model does."""
-    q = torch.clamp(torch.round(x / enc.scale) + enc.zero_point, enc.qmin, enc.qmax)
-    return (q - enc.zero_point) * enc.scale
-
-
 class _Observer:
     """Running min/max and a bounded random sample of one activation input."""
 
@@ -51,6 +45,14 @@ class _Observer:
 
 
 class SimLayer(torch.nn.Module):
+    """One layer of the simulation graph, switchable between float and any candidate.
+
+    Quantized layers are simulated in the integer domain, in the same order of operations as the
+    compiled kernel: acc = Σ (x_q - z_x) · w_q (integer-valued, exact), then float32(acc) × (s_x · s_w)
+    + bias. The accumulation runs in float32 when a bound proves every partial sum stays below 2^24
+    (so any summation order is exact), in float64 otherwise.
+    """
+
     def __init__(self, layer: Layer, weight: Optional[np.ndarray], bias: Optional[np.ndarray]):
         super().__init__()
         self.layer = layer
@@ -59,21 +61,23 @@ class SimLayer(torch.nn.Module):
         self.candidate: Optional[Candidate] = None
         self.encodings: tuple[ActEncoding, ...] = ()
         self.observers: Optional[list[_Observer]] = None
-        self._qweights: dict[int, torch.Tensor] = {}
+        self._qweights: dict[int, tuple[torch.Tensor, np.ndarray, float]] = {}
 
-    def quantized_weight(self, bits: int) -> torch.Tensor:
+    def integer_weight(self, bits: int) -> tuple[torch.Tensor, np.ndarray, float]:
+        """(integer-valued float32 weight, per-channel scale, max over channels of Σ|w_q|)."""
         if bits not in self._qweights:
             q, scale = numerics.quantize_weight(self.weight.numpy(), bits)
-            self._qweights[bits] = torch.from_numpy(numerics.dequantize_weight(q, scale))
+            l1 = float(np.abs(q.reshape(q.shape[0], -1).astype(np.int64)).sum(axis=1).max())
+            self._qweights[bits] = (torch.from_numpy(q.astype(np.float32)), scale, l1)
         return self._qweights[bits]
 
-    def _compute(self, inputs: Sequence[torch.Tensor], weight):
+    def _compute(self, inputs: Sequence[torch.Tensor], weight, bias):
         wl = self.layer.workload
         if self.layer.op_type == "conv2d":
             top, left, _, _ = wl.padding
-            return F.conv2d(inputs[0], weight, self.bias, wl.strides, (top, left), wl.dilation, wl.groups)
+            return F.conv2d(inputs[0], weight, bias, wl.strides, (top, left), wl.dilation, wl.groups)
         if self.layer.op_type == "linear":
-            return F.linear(inputs[0], weight, self.bias)
+            return F.linear(inputs[0], weight, bias)
         return torch.matmul(inputs[0], inputs[1])
 
     def forward(self, *inputs):
@@ -82,15 +86,37 @@ class SimLayer(torch.nn.Module):
                 obs(x)
         c = self.candidate
         if c is None or (not c.is_quantized and c.float_dtype == "float32"):
-            return self._compute(inputs, self.weight)
+            return self._compute(inputs, self.weight, self.bias)
         if not c.is_quantized:  # reduced-precision float: round operands, compute in float32
             dt = getattr(torch, c.float_dtype)
             inputs = [x.to(dt).float() for x in inputs]
             weight = None if self.weight is None else self.weight.to(dt).float()
-            return self._compute(inputs, weight)
-        inputs = [fake_quant(x, enc) for x, enc in zip(inputs, self.encodings)]
-        weight = None if self.weight is None else self.quantized_weight(c.weight_bits)
-        return self._compute(inputs, weight)
+            return self._compute(inputs, weight, self.bias)
+        return self._integer_forward(inputs, c)
+
+    def _integer_forward(self, inputs, c: Candidate):
+        ints = []
+        for x, enc in zip(inputs, self.encodings):
+            q = torch.clamp(torch.round(x / enc.scale) + enc.zero_point, enc.qmin, enc.qmax)
+            ints.append(q - enc.zero_point)
+        span = [float(enc.qmax - enc.qmin) for enc in self.encodings]
+        if self.layer.op_type == "matmul":
+            bound = span[0] * span[1] * self.layer.workload.input_shape[-1]
+            weight, mult = None, np.float32(np.float32(self.encodings[0].scale) * np.float32(self.encodings[1].scale))
+            mult = torch.tensor(mult)
+        else:
+            weight, w_scale, l1 = self.integer_weight(c.weight_bits)
+            bound = span[0] * l1
+            mult = torch.from_numpy((np.float32(self.encodings[0].scale) * w_scale).astype(np.float32))
+            mult = mult.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else mult
+        if bound >= 2**24:
+            ints = [t.double() for t in ints]
+            weight = None if weight is None else weight.double()
+        acc = self._compute(ints, weight, None).float()
+        y = acc * mult
+        if self.bias is not None:
+            y = y + (self.bias.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else self.bias)
+        return y
 
 
 @dataclass(frozen=True)

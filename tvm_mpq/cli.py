@@ -1,0 +1,143 @@
+"""`tvm-mpq` command line: thin wrappers over the API that parse, call and print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+MODEL_HELP = (
+    "a built-in model name (see `tvm-mpq models`) or PACKAGE.MODULE:FACTORY. "
+    "A factory reference imports and runs that user code, like torch.load of a full model: "
+    "only name code you trust"
+)
+HW_HELP = "a hardware profile name under hw_profiles/ (see `tvm-mpq profiles`) or a path to a YAML file"
+
+
+def _fmt_db(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:.1f}"
+
+
+def _cmd_compile(args) -> int:
+    from .pipeline import quantize_and_compile
+
+    summary = quantize_and_compile(
+        args.model, args.hw, args.plan, args.out,
+        calib_samples=args.calib_samples, eval_samples=args.eval_samples, range_method=args.range_method,
+        compare_fp32=args.compare_fp32, repeat=args.repeat,
+        log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
+    )
+    lat = summary["latency_ms"]
+    rows = [
+        ("model", summary["model"]),
+        ("profile", summary["profile"]),
+        ("plan", summary["plan"]),
+        ("layers by precision", ", ".join(f"{k}: {v}" for k, v in sorted(summary["candidate_counts"].items()))),
+        ("latency (median, ms)", f"{lat['median_ms']:.2f}  [min {lat['min_ms']:.2f}, max {lat['max_ms']:.2f}, "
+                                 f"{lat['repeats']} runs]"),
+    ]
+    if "fp32_latency_ms" in summary:
+        rows.append(("TVM FP32 latency (median, ms)", f"{summary['fp32_latency_ms']['median_ms']:.2f}"))
+        rows.append(("speed-up vs TVM FP32", f"{summary['speedup_vs_fp32']:.2f}x"))
+    rows += [
+        ("output SQNR vs float (dB)", _fmt_db(summary["sqnr_vs_float_db"])),
+        ("output SQNR vs simulation (dB)", _fmt_db(summary["sqnr_vs_simulation_db"])),
+    ]
+    if "top1_agreement" in summary:
+        rows.append(("top-1 agreement with FP32", f"{summary['top1_agreement'] * 100:.1f} % "
+                                                  f"of {summary['eval_samples']} held-out samples"))
+    if "top1_in_float_top5" in summary:
+        rows.append(("top-1 within FP32 top-5", f"{summary['top1_in_float_top5'] * 100:.1f} %"))
+    rows.append(("compile time (s)", f"{summary['timings_s']['compile_s']:.1f}"))
+    if summary["float_ops"]:
+        rows.append(("left in float (unsupported)", json.dumps(summary["float_ops"])))
+    if "artifacts" in summary:
+        rows.append(("wrote", f"{summary['artifacts']['library']}, {summary['artifacts']['plan']}, summary.json"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _cmd_layers(args) -> int:
+    from .frontend import import_model
+    from .hardware import load_profile
+    from .models import load_model
+
+    spec, profile = load_model(args.model), load_profile(args.hw)
+    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                            unified_input_ops=profile.constraints.unified_input_ops)
+    group_of = imported.graph.group_of()
+    print(f"{'layer':<44} {'op':<7} {'MMACs':>9}  {'group':<32} candidates")
+    for layer in imported.graph.layers.values():
+        cands = ",".join(c.name for c in profile.candidates_for(layer.op_type))
+        print(f"{layer.name:<44} {layer.op_type:<7} {layer.macs / 1e6:>9.2f}  {group_of[layer.name]:<32} {cands}")
+    print(f"{len(imported.graph.layers)} layers, {len(imported.graph.groups)} quantizer groups, "
+          f"{imported.graph.total_macs / 1e6:.1f} MMACs; left in float: {imported.graph.float_ops or 'none'}")
+    return 0
+
+
+def _cmd_models(_args) -> int:
+    from .models import available_models
+
+    for name in available_models():
+        print(name)
+    return 0
+
+
+def _cmd_profiles(_args) -> int:
+    from .hardware import available_profiles
+
+    for name in available_profiles():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvm-mpq",
+        description="Mixed-precision post-training quantization compiled by Apache TVM.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="quantize a model at a plan, compile it, check and time it",
+                       description="Calibrate on unlabeled data, lower the plan with QuantizeMixedPrecision, "
+                                   "compile with TVM, compare against float and the fake-quant simulation, "
+                                   "time it, and write DIR/model.so, DIR/plan.yaml and DIR/summary.json.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--hw", required=True, help=HW_HELP)
+    p.add_argument("--plan", default="w8a8",
+                   help="fp32 | fp16 | w8a8 | w4a8 | w8a16 | w4a16 (every layer where the target supports it) "
+                        "or a plan YAML file (default: w8a8)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--eval-samples", type=int, default=16, help="held-out samples for the checks (default 16)")
+    p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="activation range estimator (default minmax)")
+    p.add_argument("--compare-fp32", action="store_true", help="also compile and time the FP32 model")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs of the whole model (default 10)")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("layers", help="list the quantizable layers, workloads and quantizer groups")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--hw", default="x86_avx2", help=HW_HELP)
+    p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("models", help="list the built-in models")
+    p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("profiles", help="list the hardware profiles")
+    p.set_defaults(func=_cmd_profiles)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"tvm-mpq: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

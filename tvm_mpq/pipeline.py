@@ -1,0 +1,141 @@
+"""The compile job: model + profile + plan → calibrated, lowered, compiled, checked, timed, exported."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from .frontend import import_model
+from .hardware import HardwareProfile, load_profile
+from .models import ModelSpec, load_model
+from .numerics import get_candidate, sqnr_db
+from .plan import HOMOGENEOUS, Plan, homogeneous_plan, ranges_from_stats, resolve
+from .simulate import Simulator
+
+
+def _top_k_agreement(ref: np.ndarray, test: np.ndarray, k: int) -> float:
+    """Fraction of samples whose top-1 of `test` is among the top-k of `ref`."""
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    return float(np.mean([t in r for t, r in zip(test.argmax(axis=1), top_ref)]))
+
+
+def make_plan(plan: Union[str, Path, Plan], imported, profile: HardwareProfile, stats: dict, range_method: str,
+              model_name: str = "") -> Plan:
+    """A resolved plan from a homogeneous name (fp32, w8a8, …), a plan file, or a Plan; ranges from `stats`."""
+    if isinstance(plan, str) and plan.lower() in HOMOGENEOUS:
+        draft = homogeneous_plan(imported.graph, profile, plan, {}, model=model_name)
+    elif isinstance(plan, Plan):
+        draft = plan
+    else:
+        path = Path(plan)
+        if not path.suffix and not path.exists():
+            raise ValueError(f"plan {plan!r} is neither a file nor one of: {', '.join(HOMOGENEOUS)}")
+        draft = Plan.load(path)
+    # Expand the default first so ranges are derived for the bits each layer ends up with.
+    names = {n: draft.layers.get(n, draft.default or "FP32") for n in imported.graph.layers}
+    computed = ranges_from_stats(stats, names, range_method)
+    ranges = {**computed, **{k: v for k, v in draft.ranges.items() if k in imported.graph.layers}}
+    draft = Plan(draft.layers, ranges, draft.model or model_name, draft.profile or profile.name,
+                 draft.calibration or {"method": range_method}, draft.default, draft.source_lines)
+    return resolve(draft, imported.graph, profile)
+
+
+def quantize_and_compile(
+    model: Union[str, ModelSpec],
+    hw: Union[str, HardwareProfile],
+    plan: Union[str, Path, Plan] = "w8a8",
+    out_dir: Optional[Union[str, Path]] = None,
+    *,
+    calib_samples: int = 32,
+    eval_samples: int = 16,
+    range_method: str = "minmax",
+    compare_fp32: bool = False,
+    repeat: int = 10,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Run the whole compile job and return its summary (also written to out_dir/summary.json)."""
+    t0 = time.perf_counter()
+    spec = load_model(model) if isinstance(model, str) else model
+    profile = load_profile(hw) if isinstance(hw, str) else hw
+    if calib_samples < 1 or eval_samples < 1:
+        raise ValueError("calib_samples and eval_samples must be at least 1")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    log(f"importing {spec.name}")
+    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                            unified_input_ops=profile.constraints.unified_input_ops)
+    timings = {"import_s": time.perf_counter() - t0}
+
+    data = spec.calibration(calib_samples + eval_samples)
+    if len(data) < calib_samples + eval_samples:
+        raise ValueError(f"{spec.name}: calibration set has {len(data)} samples, "
+                         f"{calib_samples + eval_samples} needed (calibration + held-out evaluation)")
+    calib, evals = data[:calib_samples], data[calib_samples:calib_samples + eval_samples]
+    t = time.perf_counter()
+    sim = Simulator(imported)
+    stats = sim.calibrate(calib)
+    timings["calibrate_s"] = time.perf_counter() - t
+    log(f"calibrated {len(imported.graph.layers)} layers on {len(calib)} samples")
+
+    resolved = make_plan(plan, imported, profile, stats, range_method, spec.name)
+    y_float = sim.run(evals)
+    sim.configure_plan(resolved)
+    y_sim = sim.run(evals)
+
+    from .build import build  # imports TVM
+
+    log(f"compiling for {profile.name}")
+    target = profile.tvm_target()
+    compiled = build(imported, resolved, target)
+    timings["compile_s"] = compiled.compile_seconds
+    y_tvm = np.concatenate([compiled.run([a.numpy() for a in sample]) for sample in evals])
+    example = [a.numpy() for a in spec.example_inputs]
+    latency = compiled.benchmark(example, number=1, repeat=repeat)
+    log(f"latency {latency.median_ms:.2f} ms (median of {latency.repeats})")
+
+    counts: dict[str, int] = {}
+    for name in imported.graph.layers:
+        c = resolved.layers[name]
+        counts[c] = counts.get(c, 0) + 1
+    summary = {
+        "model": spec.name,
+        "profile": profile.name,
+        "target": profile.target,
+        "plan": str(plan) if not isinstance(plan, Plan) else "custom",
+        "layers": {n: resolved.layers[n] for n in imported.graph.layers},
+        "candidate_counts": counts,
+        "groups": [list(g.layers) for g in imported.graph.groups if len(g.layers) > 1],
+        "float_ops": dict(imported.graph.float_ops),
+        "folded_batch_norms": len(imported.folded_batch_norms),
+        "eval_samples": len(evals),
+        "calib_samples": len(calib),
+        "range_method": range_method,
+        "sqnr_vs_float_db": sqnr_db(y_float, y_tvm),
+        "sqnr_vs_simulation_db": sqnr_db(y_sim, y_tvm),
+        "simulation_sqnr_vs_float_db": sqnr_db(y_float, y_sim),
+        "latency_ms": latency.to_dict(),
+        "timings_s": timings,
+    }
+    if y_float.ndim == 2 and y_float.shape[1] > 1:
+        summary["top1_agreement"] = float(np.mean(y_float.argmax(1) == y_tvm.argmax(1)))
+        if y_float.shape[1] >= 5:
+            summary["top1_in_float_top5"] = _top_k_agreement(y_float, y_tvm, 5)
+    if compare_fp32 and any(get_candidate(c).is_quantized or c != "FP32" for c in resolved.layers.values()):
+        log("compiling the FP32 baseline for comparison")
+        fp32 = build(imported, make_plan("fp32", imported, profile, stats, range_method, spec.name), target)
+        base = fp32.benchmark(example, number=1, repeat=repeat)
+        summary["fp32_latency_ms"] = base.to_dict()
+        summary["speedup_vs_fp32"] = base.median_ms / latency.median_ms
+    timings["total_s"] = time.perf_counter() - t0
+    if out is not None:
+        compiled.export_library(out / "model.so")
+        resolved.save(out / "plan.yaml")
+        summary["artifacts"] = {"library": str(out / "model.so"), "plan": str(out / "plan.yaml")}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
