@@ -30,6 +30,12 @@ DATA_MOVEMENT_OPS = {
     aten.expand.default, aten.slice.Tensor, aten.select.int, aten.max_pool2d.default,
     aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.alias.default,
 }
+# Activation functions that integer hardware fuses into the producing layer: the layer's output
+# quantizer sits after them.
+FUSED_ACTIVATION_OPS = {
+    aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default,
+    aten.clamp.default, aten.relu6.default,
+}
 # Ops whose inputs some hardware makes share one quantizer (profile: constraints.unified_input_ops).
 UNIFIABLE_OPS = {
     "add": {aten.add.Tensor, aten.add_.Tensor},
@@ -252,7 +258,7 @@ def _quantizer_groups(ep, layers: dict[str, Layer], unified_input_ops: set[str])
                 args = node.args[0] if node.target in UNIFIABLE_OPS["concat"] else node.args
                 producers = []
                 for a in args:
-                    src = source_of(a) if isinstance(a, torch.fx.Node) else None
+                    src = source_of(a, DATA_MOVEMENT_OPS | FUSED_ACTIVATION_OPS) if isinstance(a, torch.fx.Node) else None
                     if src is not None and src.name in layer_of_node:
                         producers.append(layer_of_node[src.name])
                 for other in producers[1:]:
