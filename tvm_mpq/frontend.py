@@ -179,7 +179,27 @@ def _layer_converters(graph: LayerGraph):
             name_hint=layer.name if layer is not None else "",
         )
 
-    return {"conv2d.default": conv2d, "linear.default": linear, "matmul.default": matmul, "bmm.default": matmul}
+    def to_device(node, importer):  # aten.to.device(x, device, dtype, ...): a cast on one device
+        x = importer.env[node.args[0]]
+        dtype = node.args[2] if len(node.args) > 2 else node.kwargs.get("dtype")
+        if isinstance(dtype, torch.dtype):
+            return importer.block_builder.emit(relax.op.astype(x, importer._convert_data_type(dtype, importer.env)))
+        return x
+
+    def where_scalar(node, importer):  # aten.where.ScalarOther / ScalarSelf: one branch is a Python scalar
+        cond, a, b = node.args[0], node.args[1], node.args[2]
+        ref = a if isinstance(a, torch.fx.Node) else b
+        dtype = importer._convert_data_type(ref.meta["val"].dtype, importer.env)
+        ops = [importer.env[v] if isinstance(v, torch.fx.Node) else relax.const(v, dtype) for v in (a, b)]
+        condition = importer.env[cond]
+        if str(condition.ty.dtype) != "bool":  # the importer types some boolean ops (e.g. __and__) as int
+            condition = importer.block_builder.emit(relax.op.astype(condition, "bool"))
+        return importer.block_builder.emit(relax.op.where(condition, ops[0], ops[1]))
+
+    return {
+        "conv2d.default": conv2d, "linear.default": linear, "matmul.default": matmul, "bmm.default": matmul,
+        "to.device": to_device, "where.ScalarOther": where_scalar, "where.ScalarSelf": where_scalar,
+    }
 
 
 def _add_bias(importer, y, bias, shape):
