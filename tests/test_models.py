@@ -163,8 +163,8 @@ def test_efficientnet_lite0_real_photos():
 
     inputs, labels = spec.labeled_eval()
     assert len(inputs) == 20
-    with torch.no_grad():
-        preds = [int(spec.module(*x).argmax(1)) for x in inputs]
+    with torch.no_grad():  # one batch of 20: far fewer thread syncs than 20 batch-1 calls
+        preds = spec.module(torch.cat([x[0] for x in inputs])).argmax(1).tolist()
     top1 = sum(p == y for p, y in zip(preds, labels))
     assert top1 >= 14, f"top-1 {top1}/20: preprocessing or weights broken"
 
@@ -203,7 +203,15 @@ def test_small_cnn_missing_data_message(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_small_cnn_trains_and_caches(tmp_path, monkeypatch):
+def test_small_cnn_trains_and_caches(tmp_path, monkeypatch, request):
+    # Training takes ~1 min: run only when asked for (-m slow, or TVM_MPQ_RUN_SLOW=1), also
+    # when addopts (which normally deselects slow tests) is overridden.
+    import os
+
+    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get(
+        "TVM_MPQ_RUN_SLOW"
+    ):
+        pytest.skip("trains a CNN (~1 min); run with -m slow")
     from tvm_mpq.models import small_cnn
 
     try:
@@ -223,7 +231,7 @@ def test_small_cnn_trains_and_caches(tmp_path, monkeypatch):
     x = torch.cat([i[0] for i in inputs])
     with torch.no_grad():
         acc = float((spec.module(x).argmax(1) == torch.tensor(labels)).float().mean())
-    assert acc >= 0.88, acc
+    assert acc >= 0.875, acc  # recipe reaches 0.8848 (seeded); small margin for other CPUs
     _check_calibration(spec)
     spec2 = load_model("small_cnn")  # from the npz cache
     for a, b in zip(spec.module.state_dict().values(), spec2.module.state_dict().values()):
