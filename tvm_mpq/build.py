@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,25 @@ def lower(imported: ImportedModel, plan: Plan):
     return QuantizeMixedPrecision(plan, imported.graph, weights)(to_relax(imported))
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence native-code warnings (the VM logs one line per function when saving or loading)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # stderr replaced by an object without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 class CompiledModel:
     """A compiled Relax executable on the local CPU (or a module loaded from an exported library)."""
 
@@ -76,14 +98,16 @@ class CompiledModel:
     def export_library(self, path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.executable.export_library(str(path))
+        with _quiet_native_stderr():
+            self.executable.export_library(str(path))
         return path
 
     @staticmethod
     def load(path) -> "CompiledModel":
         import tvm
 
-        return CompiledModel(tvm.runtime.load_module(str(path)))
+        with _quiet_native_stderr():
+            return CompiledModel(tvm.runtime.load_module(str(path)))
 
 
 def build(imported: ImportedModel, plan: Plan, target) -> CompiledModel:
