@@ -92,3 +92,14 @@ def test_bad_inputs_are_refused(toy_net):
 def test_batched_export_used_for_simulation(toy_net):
     model, inputs = toy_net
     assert import_model(model, inputs).exported_batched is not None
+
+
+def test_op_tvm_cannot_import_gives_a_clear_error():
+    from tvm_mpq.frontend import to_relax
+
+    class Bessel(torch.nn.Module):
+        def forward(self, x):
+            return torch.special.bessel_j0(x)
+
+    with pytest.raises(ValueError, match="cannot convert bessel: .*special_bessel_j0"):
+        to_relax(import_model(Bessel(), (torch.randn(1, 4),), name="bessel"))

@@ -218,11 +218,17 @@ def to_relax(imported: ImportedModel):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mod = from_exported_program(
-            imported.exported,
-            keep_params_as_input=False,
-            unwrap_unit_return_tuple=True,
-            run_ep_decomposition=False,
-            custom_convert_map=_layer_converters(imported.graph),
-        )
+        try:
+            mod = from_exported_program(
+                imported.exported,
+                keep_params_as_input=False,
+                unwrap_unit_return_tuple=True,
+                run_ep_decomposition=False,
+                custom_convert_map=_layer_converters(imported.graph),
+            )
+        except AssertionError as err:  # the importer asserts on ops it has no converter for
+            raise ValueError(
+                f"TVM's PyTorch importer cannot convert {imported.name}: {err}. "
+                "Rewrite those ops in the model (or report them) to compile it."
+            ) from err
     return mod

@@ -62,6 +62,9 @@ def build_module() -> MiniLMWrapper:
     transformers, gt = _require_nlp()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # The checkpoint carries pooler weights this model does not use: keep transformers' load report quiet.
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModel.from_pretrained(
         str(gt.get_model_path()), attn_implementation="eager", dtype=torch.float32,
         add_pooling_layer=False,  # only last_hidden_state is returned
