@@ -80,81 +80,101 @@ class _Rewriter(PyExprMutator):
             return super().visit_var_binding_(binding)
         layer, cand = hit
         args = [self.visit_expr(a) for a in binding.value.args]
-        if cand.is_quantized:
-            new = self._quantized(layer, cand, args)
-        else:
-            new = self._reduced_float(layer, cand, args)
+        new = emit_layer(self.builder_, layer, cand, args, self.weights.get(layer.name),
+                         self.encodings.get(layer.name, ()))
         if not isinstance(binding.var, relax.DataflowVar):
             new = self.builder_.emit_output(new)
         self.set_var_remap(binding.var, new)
         self.done.add(layer.name)
 
-    # ------------------------------------------------------------------ helpers
 
-    def _emit(self, expr):
-        return self.builder_.emit(expr)
+# ---------------------------------------------------------------------- lowering of one layer
+# Shared by the pass and by kernel measurement (tvm_mpq.measure), so a measured layer is exactly
+# the code the compiled model runs.
 
-    def _quantize(self, x, enc: ActEncoding):
-        y = relax.op.divide(x, relax.const(np.float32(enc.scale), "float32"))
-        y = relax.op.add(relax.op.round(y), relax.const(np.float32(enc.zero_point), "float32"))
-        y = relax.op.clip(y, float(enc.qmin), float(enc.qmax))
-        return self._emit(relax.op.astype(y, enc.dtype))
 
-    def _weights(self, layer: Layer, bits: int):
-        q, scale = numerics.quantize_weight(self.weights[layer.name], bits)
-        stored = numerics.pack_int4(q) if bits == 4 else q
-        return relax.const(stored), scale
+def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
+    """x (float32) → clip(round(x / scale) + zero_point) in the encoding's integer dtype."""
+    y = relax.op.divide(x, relax.const(np.float32(enc.scale), "float32"))
+    y = relax.op.add(relax.op.round(y), relax.const(np.float32(enc.zero_point), "float32"))
+    y = relax.op.clip(y, float(enc.qmin), float(enc.qmax))
+    return bb.emit(relax.op.astype(y, enc.dtype))
 
-    def _quantized(self, layer: Layer, cand: Candidate, args):
-        wl = layer.workload
-        encs = self.encodings[layer.name]
-        if layer.op_type == "conv2d":
-            xq = self._quantize(args[0], encs[0])
-            w, w_scale = self._weights(layer, cand.weight_bits)
-            acc = self.builder_.emit_te(
-                qconv2d_nchw, xq, w,
-                data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
-                dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
-                kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
-            )
-            mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, -1, 1, 1)
-            return self._emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult)))
-        if layer.op_type == "linear":
-            x = args[0]
-            k, n = wl.weight_shape[1], wl.weight_shape[0]
-            if len(wl.input_shape) != 2:
-                x = self._emit(relax.op.reshape(x, (-1, k)))
-            xq = self._quantize(x, encs[0])
-            w, w_scale = self._weights(layer, cand.weight_bits)
-            acc = self.builder_.emit_te(
-                qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=cand.acc_dtype,
-            )
-            mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, n)
-            y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult))
-            if len(wl.input_shape) != 2:
-                y = relax.op.reshape(self._emit(y), tuple(wl.output_shape))
-            return self._emit(y)
-        # activation x activation matmul
-        aq = self._quantize(args[0], encs[0])
-        bq = self._quantize(args[1], encs[1])
-        acc = self.builder_.emit_te(
-            qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
-            acc_dtype=cand.acc_dtype,
+
+def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weight, encodings,
+               *, inputs_quantized: bool = False):
+    """Emit `layer` at `cand`; returns its float32 output (before the bias add).
+
+    `args` are the layer's activation inputs (float32, or already in the candidate's integer dtype when
+    `inputs_quantized`); `weight` is the float32 weight (BatchNorm folded); `encodings` one ActEncoding per
+    activation input.
+    """
+    if cand.is_quantized:
+        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized)
+    if cand.float_dtype != "float32":
+        return _emit_reduced_float(bb, layer, cand, args, weight)
+    raise ValueError(f"layer {layer.name}: FP32 needs no lowering")
+
+
+def _quantized_weight(weight: np.ndarray, bits: int):
+    q, scale = numerics.quantize_weight(weight, bits)
+    stored = numerics.pack_int4(q) if bits == 4 else q
+    return relax.const(stored), scale
+
+
+def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool):
+    wl = layer.workload
+
+    def quantized(x, enc):
+        return x if inputs_quantized else emit_quantize(bb, x, enc)
+
+    if layer.op_type == "conv2d":
+        xq = quantized(args[0], encs[0])
+        w, w_scale = _quantized_weight(weight, cand.weight_bits)
+        acc = bb.emit_te(
+            qconv2d_nchw, xq, w,
+            data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
+            dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
+            kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
         )
-        mult = np.float32(np.float32(encs[0].scale) * np.float32(encs[1].scale))
-        return self._emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult, "float32")))
+        mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, -1, 1, 1)
+        return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult)))
+    if layer.op_type == "linear":
+        x = args[0]
+        k, n = wl.weight_shape[1], wl.weight_shape[0]
+        if len(wl.input_shape) != 2:  # reshape before quantizing: the quantize may fuse into the producer
+            x = bb.emit(relax.op.reshape(x, (-1, k)))
+        xq = quantized(x, encs[0])
+        w, w_scale = _quantized_weight(weight, cand.weight_bits)
+        acc = bb.emit_te(
+            qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
+            in_features=k, acc_dtype=cand.acc_dtype,
+        )
+        mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, n)
+        y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult))
+        if len(wl.input_shape) != 2:
+            y = relax.op.reshape(bb.emit(y), tuple(wl.output_shape))
+        return bb.emit(y)
+    # activation x activation matmul
+    aq = quantized(args[0], encs[0])
+    bq = quantized(args[1], encs[1])
+    acc = bb.emit_te(
+        qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
+        acc_dtype=cand.acc_dtype,
+    )
+    mult = np.float32(np.float32(encs[0].scale) * np.float32(encs[1].scale))
+    return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult, "float32")))
 
-    def _reduced_float(self, layer: Layer, cand: Candidate, args):
-        dt = cand.float_dtype
-        wl = layer.workload
-        cast = [self._emit(relax.op.astype(a, dt)) for a in args[: layer.num_act_inputs]]
-        if layer.op_type == "conv2d":
-            w = relax.const(self.weights[layer.name].astype(dt))
-            return self._emit(relax.op.nn.conv2d(
-                cast[0], w, strides=wl.strides, padding=wl.padding, dilation=wl.dilation,
-                groups=wl.groups, out_dtype="float32"))
-        if layer.op_type == "linear":
-            w_t = relax.const(np.ascontiguousarray(self.weights[layer.name].T).astype(dt))
-            return self._emit(relax.op.matmul(cast[0], w_t, out_dtype="float32"))
-        return self._emit(relax.op.matmul(cast[0], cast[1], out_dtype="float32"))
+
+def _emit_reduced_float(bb, layer: Layer, cand: Candidate, args, weight):
+    dt = cand.float_dtype
+    wl = layer.workload
+    cast = [bb.emit(relax.op.astype(a, dt)) for a in args[: layer.num_act_inputs]]
+    if layer.op_type == "conv2d":
+        return bb.emit(relax.op.nn.conv2d(
+            cast[0], relax.const(weight.astype(dt)), strides=wl.strides, padding=wl.padding,
+            dilation=wl.dilation, groups=wl.groups, out_dtype="float32"))
+    if layer.op_type == "linear":
+        w_t = relax.const(np.ascontiguousarray(weight.T).astype(dt))
+        return bb.emit(relax.op.matmul(cast[0], w_t, out_dtype="float32"))
+    return bb.emit(relax.op.matmul(cast[0], cast[1], out_dtype="float32"))
