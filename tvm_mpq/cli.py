@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from .numerics import CANDIDATES as _CANDIDATE_ORDER
 
 MODEL_HELP = (
     "a built-in model name (see `tvm-mpq models`) or PACKAGE.MODULE:FACTORY. "
@@ -77,6 +80,66 @@ def _cmd_layers(args) -> int:
     return 0
 
 
+class _Progress:
+    """One updating stderr line: done/total, ETA, current task."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, what: str, eta: float):
+        import time
+
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5:
+            return
+        self.last = now
+        eta_text = "--:--" if eta != eta else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+        bar = "#" * int(20 * done / max(total, 1))
+        line = f"\r[{bar:<20}] {done}/{total} ETA {eta_text}  {what[:60]:<60}"
+        print(line, end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _cmd_profile(args) -> int:
+    from .measure.profiler import profile_model
+
+    summary = profile_model(
+        args.model, args.hw, store_path=args.store, rpc=args.rpc, budget_s=args.budget, device=args.device,
+        progress=_Progress(), log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
+    )
+    print(f"tasks {summary['total']}: measured {summary['measured']}, already stored {summary['already_stored']}, "
+          f"failed {len(summary['failed'])}, left for the budget {summary['skipped_for_budget']} "
+          f"in {summary['seconds']:.0f} s")
+    for failure in summary["failed"][:10]:
+        print(f"  failed: {failure['task']}: {failure['error']}")
+    print(f"store: {summary['store']} ({summary['layer_measurements_for_profile']} layer measurements "
+          f"for {summary['profile']})")
+    print(f"latency model: {summary['latency_model'] or 'not trained (too few measurements)'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_latency(args) -> int:
+    from .latency import latency_report
+
+    table, graph = latency_report(args.model, args.hw, store_path=args.store, device=args.device)
+    cands = sorted({c for row in table.layers.values() for c in row}, key=list(_CANDIDATE_ORDER).index)
+    mark = {"measured": " ", "predicted": "~", "roofline": "r"}
+    print(f"{'layer':<44} " + " ".join(f"{c:>10}" for c in cands))
+    for name, row in table.layers.items():
+        cells = [f"{row[c].ms:>9.3f}{mark[row[c].source]}" if c in row else f"{'-':>10}" for c in cands]
+        print(f"{name:<44} " + " ".join(cells))
+    totals = {c: table.model_ms({n: (c if c in table.layers[n] else "FP32") for n in table.layers}) for c in cands}
+    print(f"{'whole model (layers + converts)':<44} " + " ".join(f"{totals[c]:>9.2f} " for c in cands))
+    print("ms; ' ' measured on the device, '~' predicted by the latency model, 'r' roofline estimate "
+          f"({', '.join(f'{k}: {v}' for k, v in table.sources().items())})")
+    for note in table.notes:
+        print(f"note: {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table.to_dict(), indent=2))
+    return 0
+
+
 def _cmd_models(_args) -> int:
     from .models import available_models
 
@@ -117,6 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-fp32", action="store_true", help="also compile and time the FP32 model")
     p.add_argument("--repeat", type=int, default=10, help="timed runs of the whole model (default 10)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("profile", help="measure every layer workload × candidate of a model on the device",
+                       description="Compile every distinct layer workload of the model at every candidate the "
+                                   "profile allows (exactly as `compile` lowers it) plus the convert ops, time "
+                                   "them on the device (locally or through a TVM RPC tracker) and store the "
+                                   "measurements; then train the profile's latency model. Resumes where an "
+                                   "interrupted run stopped.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--hw", required=True, help=HW_HELP)
+    p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on devices registered with this TVM RPC tracker")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop measuring after this long; the rest "
+                                                                    "is predicted by the latency model")
+    p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
+    p.add_argument("--device", help="name of the measured device (default: local:<hostname> or rpc:<key>)")
+    p.add_argument("--json", metavar="PATH", help="also write the run's summary as JSON")
+    p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("latency", help="print the per-layer × candidate latency table of a model",
+                       description="Latencies per layer and candidate from the measurement store (measured), "
+                                   "else the profile's latency model (predicted), else its roofline.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--hw", required=True, help=HW_HELP)
+    p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
+    p.add_argument("--device", help="prefer measurements of this device")
+    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    p.set_defaults(func=_cmd_latency)
 
     p = sub.add_parser("layers", help="list the quantizable layers, workloads and quantizer groups")
     p.add_argument("--model", required=True, help=MODEL_HELP)

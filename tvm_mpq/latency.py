@@ -1,0 +1,160 @@
+"""Per-layer × candidate latency tables for a model on a profile, and whole-plan latency.
+
+Each entry comes from the best source available, and says which:
+  measured  – timed on the device (the measurement store),
+  predicted – the profile's XGBoost latency model (trained on the store), with its uncertainty,
+  roofline  – the profile's analytic fallback (no measurements and no model for this profile).
+Whole-model latency of a plan = Σ layer latencies at their candidates + Σ convert ops (quantize of a
+float activation into a layer's integer input dtype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from .cost_model.roofline import roofline_ms
+from .graph import LayerGraph
+from .measure.tasks import CONVERT, LAYER, convert_key
+from .numerics import get_candidate
+
+MEASURED, PREDICTED, ROOFLINE = "measured", "predicted", "roofline"
+
+
+@dataclass(frozen=True)
+class Entry:
+    ms: float
+    std_ms: float
+    source: str  # measured | predicted | roofline
+
+    def to_dict(self) -> dict:
+        return {"ms": self.ms, "std_ms": self.std_ms, "source": self.source}
+
+
+@dataclass
+class LatencyTable:
+    profile: str
+    layers: dict[str, dict[str, Entry]]  # layer → candidate → entry
+    converts: dict[str, dict[int, list[Entry]]]  # layer → activation bits → one entry per activation input
+    notes: list[str] = field(default_factory=list)
+
+    def model_ms(self, plan_layers: Mapping[str, str]) -> float:
+        """Predicted latency of a whole plan: layers at their candidates plus the converts they need."""
+        total = 0.0
+        for name, row in self.layers.items():
+            cand = get_candidate(plan_layers.get(name, "FP32"))
+            total += row[cand.name].ms
+            if cand.is_quantized:
+                total += sum(e.ms for e in self.converts[name][cand.act_bits])
+        return total
+
+    def sources(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.layers.values():
+            for e in row.values():
+                counts[e.source] = counts.get(e.source, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile,
+            "sources": self.sources(),
+            "notes": self.notes,
+            "layers": {n: {c: e.to_dict() for c, e in row.items()} for n, row in self.layers.items()},
+            "converts": {n: {f"A{b}": [e.to_dict() for e in es] for b, es in row.items()}
+                         for n, row in self.converts.items()},
+        }
+
+
+def build_table(graph: LayerGraph, profile, measurements, model=None, device: Optional[str] = None) -> LatencyTable:
+    """Latency table from stored measurements (preferring `device`), else `model`, else the roofline.
+
+    `measurements`: iterable of store.Measurement for this profile; `model`: a trained LatencyModel or None.
+    """
+    best: dict[tuple[str, str, str], object] = {}
+    for m in measurements:
+        key = (m.kind, m.workload, m.candidate)
+        if key not in best or (device is not None and m.device == device):
+            best[key] = m
+    notes = []
+    if not best:
+        notes.append(f"no measurements for profile {profile.name}: "
+                     + ("latencies predicted by its cost model" if model is not None
+                        else "latencies from the profile's roofline (analytic, not measured)"))
+    pending: list[tuple[str, str, object]] = []  # (layer, candidate, workload) to predict
+    layers: dict[str, dict[str, Entry]] = {}
+    for name, layer in graph.layers.items():
+        row = {}
+        for cand in profile.candidates_for(layer.op_type):
+            m = best.get((LAYER, layer.workload.key(), cand.name))
+            if m is not None:
+                row[cand.name] = Entry(m.median_ms, m.std_ms, MEASURED)
+            elif model is not None:
+                pending.append((name, cand.name, layer.workload))
+            else:
+                row[cand.name] = Entry(_roofline(layer.workload, cand, profile), 0.0, ROOFLINE)
+        if "FP32" not in row and not any(p[0] == name and p[1] == "FP32" for p in pending):
+            fp32 = get_candidate("FP32")
+            m = best.get((LAYER, layer.workload.key(), "FP32"))
+            row["FP32"] = (Entry(m.median_ms, m.std_ms, MEASURED) if m is not None
+                           else Entry(_roofline(layer.workload, fp32, profile), 0.0, ROOFLINE))
+        layers[name] = row
+    if pending:
+        mean, std = model.predict([(wl, c) for _, c, wl in pending])
+        for (name, cand, _), mu, sd in zip(pending, mean, std):
+            layers[name][cand] = Entry(float(mu), float(sd), PREDICTED)
+    converts: dict[str, dict[int, list[Entry]]] = {}
+    for name, layer in graph.layers.items():
+        shapes = [layer.workload.input_shape] + ([layer.workload.weight_shape] if layer.op_type == "matmul" else [])
+        row = {}
+        for bits in sorted({c.act_bits for c in profile.candidates_for(layer.op_type) if c.is_quantized}):
+            entries = []
+            for shape in shapes:
+                m = best.get((CONVERT, convert_key(shape, bits), f"FP32->A{bits}"))
+                entries.append(Entry(m.median_ms, m.std_ms, MEASURED) if m is not None
+                               else Entry(_convert_roofline(shape, bits, profile), 0.0, ROOFLINE))
+            row[bits] = entries
+        converts[name] = row
+    return LatencyTable(profile.name, layers, converts, notes)
+
+
+def _roofline(workload, cand, profile) -> float:
+    if profile.roofline is None:
+        raise ValueError(f"profile {profile.name} has no measurements for this workload and no roofline section; "
+                         f"run `tvm-mpq profile` or add a roofline to {profile.source}")
+    return roofline_ms(workload, cand, profile.roofline)
+
+
+def _convert_roofline(shape, bits: int, profile) -> float:
+    """A quantize is memory-bound: read float32, write the integer dtype."""
+    elements = 1
+    for d in shape:
+        elements *= d
+    if profile.roofline is None:
+        return 0.0
+    return elements * (4 + bits / 8) / (profile.roofline.memory_gbps * 1e9) * 1e3
+
+
+def latency_report(model_ref, hw, *, store_path=None, device: Optional[str] = None):
+    """(LatencyTable, LayerGraph) of a model on a profile from the store and the profile's latency model."""
+    from pathlib import Path
+
+    from .cost_model.xgb import LatencyModel
+    from .frontend import import_model
+    from .hardware import load_profile
+    from .measure.profiler import default_store_path, latency_model_path
+    from .models import load_model
+    from .store import MeasurementStore
+
+    profile = load_profile(hw) if isinstance(hw, str) else hw
+    spec = load_model(model_ref) if isinstance(model_ref, str) else model_ref
+    graph = import_model(spec.module, spec.example_inputs, name=spec.name,
+                         unified_input_ops=profile.constraints.unified_input_ops).graph
+    store_path = Path(store_path) if store_path else default_store_path()
+    measurements = []
+    if store_path.exists():
+        with MeasurementStore(store_path) as store:
+            measurements = store.query(profile=profile.name)
+    model_path = latency_model_path(store_path, profile.name)
+    model = LatencyModel.load(model_path) if model_path.exists() else None
+    return build_table(graph, profile, measurements, model, device), graph

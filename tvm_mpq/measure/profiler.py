@@ -1,0 +1,192 @@
+"""Profile a model on a device: compile every task for the profile's target, time it, store it.
+
+Resumable by construction: tasks already in the store (same profile, device, workload, candidate) are
+skipped, and each measurement is committed as soon as it completes, so an interrupted run loses at most
+the measurement in flight. Compilation happens here (the host); timing happens where the runner says
+(in-process, or on a remote device through a TVM RPC tracker).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ..store import Measurement, MeasurementStore
+from .tasks import Task, build_task_module
+
+
+@dataclass
+class ProfileReport:
+    total: int = 0
+    already_stored: int = 0
+    measured: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (task, error)
+    skipped_for_budget: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "already_stored": self.already_stored, "measured": self.measured,
+                "failed": [{"task": t, "error": e} for t, e in self.failed],
+                "skipped_for_budget": self.skipped_for_budget, "seconds": self.seconds}
+
+
+def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0):
+    """Build a task's module for `target` and export it; returns (library path, inputs)."""
+    import tvm
+
+    mod, inputs = build_task_module(task)
+    if tuning_trials > 0:
+        executable = _tuned_compile(mod, target, tuning_trials, workdir / "tuning")
+    else:
+        executable = tvm.compile(mod, target=target)
+    path = workdir / f"task_{abs(hash((task.kind, task.workload, task.candidate))):x}.so"
+    from ..build import _quiet_native_stderr
+
+    with _quiet_native_stderr():
+        executable.export_library(str(path))
+    return path, inputs
+
+
+def _tuned_compile(mod, target, trials: int, work_dir: Path):
+    """MetaSchedule-tune `mod` (records kept in `work_dir`, reused by later runs) and compile it."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    builder = ms.builder.LocalBuilder(timeout_sec=120, max_workers=1)  # 2-core hosts time out at 30 s
+    database = ms.relax_integration.tune_relax(
+        mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials, builder=builder,
+    )
+    return ms.relax_integration.compile_relax(database, mod, target, params={})
+
+
+def profile_tasks(
+    tasks: Sequence[Task],
+    *,
+    profile,
+    store: MeasurementStore,
+    runner,
+    device: str,
+    budget_s: Optional[float] = None,
+    progress: Callable[[int, int, str, float], None] = lambda done, total, what, eta: None,
+) -> ProfileReport:
+    """Measure the tasks not yet stored for (profile, device); commit each one as it completes."""
+    start = time.perf_counter()
+    report = ProfileReport(total=len(tasks))
+    stored = {(k, w, c) for (w, c), k in _stored_keys(store, profile.name, device)}
+    todo = [t for t in tasks if (t.kind, t.workload, t.candidate) not in stored]
+    report.already_stored = len(tasks) - len(todo)
+    target = profile.tvm_target()
+    trials = profile.measure.tuning_trials
+    with tempfile.TemporaryDirectory(prefix="tvm_mpq_profile_") as tmp:
+        workdir = Path(tmp)
+        for i, task in enumerate(todo):
+            elapsed = time.perf_counter() - start
+            if budget_s is not None and elapsed > budget_s:
+                report.skipped_for_budget = len(todo) - i
+                break
+            eta = elapsed / i * (len(todo) - i) if i else float("nan")
+            progress(i, len(todo), task.describe(), eta)
+            try:
+                library, inputs = compile_task(task, target, workdir, trials)
+                timing = runner.run(library, inputs)
+            except Exception as err:  # one bad task must not lose the others; it is reported
+                report.failed.append((task.describe(), f"{type(err).__name__}: {err}"[:500]))
+                continue
+            store.put(Measurement(
+                profile=profile.name, device=device if device else timing.device, kind=task.kind,
+                workload=task.workload, candidate=task.candidate, median_ms=timing.median_ms,
+                min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
+                repeats=len(timing.per_repeat_ms), number=runner.timing.number, tuning_trials=trials,
+                meta={"op": task.op, "macs": task.macs, "timed_on": timing.device},
+            ))
+            report.measured += 1
+            library.unlink(missing_ok=True)
+    progress(len(todo), len(todo), "done", 0.0)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _stored_keys(store: MeasurementStore, profile: str, device: str):
+    for kind in ("layer", "convert"):
+        for key in store.keys(profile, device, kind):
+            yield key, kind
+
+
+# ---------------------------------------------------------------------- the profiling job
+
+
+def default_store_path() -> Path:
+    import os
+
+    root = os.environ.get("TVM_MPQ_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvm_mpq")
+    return Path(root) / "measurements.sqlite"
+
+
+def latency_model_path(store_path: Path, profile_name: str) -> Path:
+    """The profile's XGBoost latency model lives beside the store it was trained on."""
+    return Path(store_path).with_name(f"{profile_name}.latency_model.json")
+
+
+def local_device_name() -> str:
+    import platform
+
+    return f"local:{platform.node() or 'host'}"
+
+
+def train_latency_model(store: MeasurementStore, profile, store_path: Path, min_samples: int = 16):
+    """Fit and save the profile's latency model on every layer measurement of the profile; None if too few."""
+    from ..cost_model.xgb import LatencyModel
+    from .tasks import workload_from_key
+
+    samples = [(workload_from_key(m.workload), m.candidate, m.median_ms)
+               for m in store.query(profile=profile.name, kind="layer")]
+    if len(samples) < min_samples:
+        return None
+    model = LatencyModel(profile=profile.name).fit(samples)
+    model.save(latency_model_path(store_path, profile.name))
+    return model
+
+
+def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, budget_s: Optional[float] = None,
+                  device: Optional[str] = None, timing=None, progress=None, log=lambda m: None) -> dict:
+    """Measure every (workload, candidate) and convert of a model on a profile's device; train its cost model."""
+    from ..frontend import import_model
+    from ..hardware import load_profile
+    from ..models import load_model
+    from .runner import LocalRunner, RPCRunner, TimingConfig
+    from .tasks import model_tasks
+
+    profile = load_profile(hw) if isinstance(hw, str) else hw
+    spec = load_model(model_ref) if isinstance(model_ref, str) else model_ref
+    store_path = Path(store_path) if store_path else default_store_path()
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    timing = timing or TimingConfig(number=profile.measure.number, repeat=profile.measure.repeat,
+                                    min_repeat_ms=profile.measure.min_repeat_ms)
+    rpc = rpc or None
+    if rpc:
+        runner = RPCRunner.from_spec(rpc, timing=timing)
+        device = device or f"rpc:{runner.key}"
+    else:
+        runner = LocalRunner(timing)
+        device = device or local_device_name()
+    graph = import_model(spec.module, spec.example_inputs, name=spec.name,
+                         unified_input_ops=profile.constraints.unified_input_ops).graph
+    tasks = model_tasks(graph, profile)
+    log(f"{spec.name} on {profile.name} ({device}): {len(tasks)} tasks, store {store_path}")
+    store = MeasurementStore(store_path)
+    try:
+        report = profile_tasks(tasks, profile=profile, store=store, runner=runner, device=device,
+                               budget_s=budget_s, progress=progress or (lambda *a: None))
+        model = train_latency_model(store, profile, store_path)
+        measured_layers = len(store.query(profile=profile.name, kind="layer"))
+    finally:
+        store.close()
+    summary = {"model": spec.name, "profile": profile.name, "device": device, "store": str(store_path),
+               **report.to_dict(), "layer_measurements_for_profile": measured_layers,
+               "latency_model": str(latency_model_path(store_path, profile.name)) if model else None}
+    return summary
