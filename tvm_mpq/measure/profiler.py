@@ -90,6 +90,7 @@ def profile_tasks(
                 break
             eta = elapsed / i * (len(todo) - i) if i else float("nan")
             progress(i, len(todo), task.describe(), eta)
+            task_start = time.perf_counter()
             try:
                 library, inputs = compile_task(task, target, workdir, trials)
                 timing = runner.run(library, inputs)
@@ -101,7 +102,8 @@ def profile_tasks(
                 workload=task.workload, candidate=task.candidate, median_ms=timing.median_ms,
                 min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
                 repeats=len(timing.per_repeat_ms), number=runner.timing.number, tuning_trials=trials,
-                meta={"op": task.op, "macs": task.macs, "timed_on": timing.device},
+                meta={"op": task.op, "macs": task.macs, "timed_on": timing.device,
+                      "seconds": time.perf_counter() - task_start},  # compile + timing wall time
             ))
             report.measured += 1
             library.unlink(missing_ok=True)

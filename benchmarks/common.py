@@ -1,0 +1,54 @@
+"""What every benchmark result records about where and when it was measured."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or "unknown", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    wanted = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512bw", "f16c", "sse4_2"}
+    return model, sorted(f for f in flags if f in wanted)
+
+
+def machine_info() -> dict:
+    model, flags = _cpu()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    versions = {}
+    for pkg in ("tvm", "torch", "numpy", "xgboost", "onnxruntime"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version({"tvm": "apache-tvm", "xgboost": "xgboost-cpu"}.get(pkg, pkg))
+        except Exception:
+            versions[pkg] = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": model,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
