@@ -93,9 +93,11 @@ def test_rpc_runner_measures_on_a_server(two_free, library, inputs):
 
 def test_rpc_runner_bad_inputs_are_not_retried(two_free, library, inputs):
     runner = RPCRunner(two_free.tracker_host, two_free.tracker_port, two_free.key, FAST, max_retries=2)
-    with pytest.raises(MeasureError, match="matmul_add.so"):
+    with pytest.raises(MeasureError, match="matmul_add.so") as info:
         runner.run(library, [inputs[0][:, :32], inputs[1], inputs[2]])
     assert len(runner.attempts) == 1  # the session was alive: the inputs were wrong, not the device
+    assert "mismatch" in str(info.value)
+    two_free.wait_free(2, timeout=10)  # the error held by `info` does not keep the session open
 
 
 def test_rpc_runner_survives_server_killed_mid_measurement(two_free, library, inputs):
@@ -129,12 +131,50 @@ def test_rpc_runner_survives_server_killed_mid_measurement(two_free, library, in
     assert "error" not in result, f"runner raised {result.get('error')!r}"
     timing = result["timing"]
     _check(timing, slow.repeat)
-    survivor_port = cluster.server_ports[1 - victim]
+    survivor_port = runner.attempts[-1][0][1]
+    assert survivor_port != victim_addr[1] and cluster.servers[cluster.server_index(survivor_port)].poll() is None
     assert timing.device == f"rpc:{cluster.key}@127.0.0.1:{survivor_port}"
     assert [a[0][1] for a in runner.attempts] == [victim_addr[1], survivor_port]
     assert runner.attempts[0][1] and runner.attempts[1][1] is None
     # the whole measurement was redone on the survivor: at least 6 repeats of >= 0.5 s after the kill
     assert time.monotonic() - killed_at >= 6 * 0.5
+
+
+def _in_flight_on(runner, thread, timeout=30.0):
+    start = time.monotonic()
+    while runner.current_server is None and thread.is_alive() and time.monotonic() - start < timeout:
+        time.sleep(0.02)
+    assert runner.current_server is not None, "the runner never got a session"
+    return runner.current_server
+
+
+def test_rpc_runner_abandons_a_hung_server(two_free, library, inputs):
+    """A server that stops answering (SIGSTOP: sockets open, nothing read) does not hang the runner."""
+    cluster = two_free
+    slow = TimingConfig(number=1, repeat=4, min_repeat_ms=250, warmup=1)  # >= 1 s
+    runner = RPCRunner(cluster.tracker_host, cluster.tracker_port, cluster.key, slow, session_timeout=4,
+                       hang_grace=1, max_retries=1, request_timeout=20)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(timing=runner.run(library, inputs)), daemon=True)
+    start = time.monotonic()
+    thread.start()
+    frozen_addr = _in_flight_on(runner, thread)
+    time.sleep(0.5)
+    frozen = cluster.server_index(frozen_addr[1])
+    cluster.freeze_server(frozen)
+    try:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the runner hung on a frozen server"
+    finally:
+        cluster.kill_server(frozen)
+    timing = result["timing"]
+    _check(timing, slow.repeat)
+    assert [a[0][1] for a in runner.attempts][0] == frozen_addr[1]
+    survivor_port = runner.attempts[-1][0][1]
+    assert survivor_port != frozen_addr[1]
+    assert timing.device == f"rpc:{cluster.key}@127.0.0.1:{survivor_port}"
+    assert "no answer from" in runner.attempts[0][1]
+    assert time.monotonic() - start < 4 + 1 + 10
 
 
 def test_rpc_runner_all_servers_dead_fails_fast(library, inputs):

@@ -102,6 +102,11 @@ class Cluster:
         """SIGKILL server `index` and its session processes (its whole process group)."""
         _kill_group(self.servers[index])
 
+    def freeze_server(self, index: int) -> None:
+        """SIGSTOP server `index` and its session processes: up, connected, and silent (a hung device)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.servers[index].pid, signal.SIGSTOP)
+
     def close(self) -> None:
         for proc in self.servers:
             _kill_group(proc)

@@ -153,16 +153,25 @@ class _SessionLost(Exception):
 class RPCRunner:
     """Times a library on a device of kind `key`, taking a session from the RPC tracker per measurement.
 
-    `request_timeout` bounds the wait for a free server (the tracker queues requests while all are busy);
-    `session_timeout` is sent to the server, which ends a session that lasts longer (and is not retried:
-    the same measurement would time out again). Attempts: 1 + `max_retries`.
+    Attempts: 1 + `max_retries`; each takes a fresh session from the tracker. Every phase is bounded:
+    - waiting for a free server: `request_timeout` (the tracker queues requests while all servers are busy);
+    - the session: `session_timeout` is sent to the server, which ends a longer session (that error is not
+      retried: the same measurement would outlast it again); and should the server stop answering at all
+      (host frozen, network gone: TVM's RPC client has no receive timeout and would block for ever), the
+      session is abandoned `hang_grace` seconds after `session_timeout` and the next attempt starts.
+      `session_timeout=0` means no limit on either side.
+
+    `current_server` is the (host, port) of the session in flight; `attempts` lists (server, error) per
+    attempt of the last `run` (error None for the attempt that returned).
     """
 
     def __init__(self, tracker_host: str, tracker_port: int, key: str, timing: TimingConfig = TimingConfig(),
                  session_timeout: float = 60, max_retries: int = 2, priority: int = 1,
-                 request_timeout: float = 60):
+                 request_timeout: float = 60, hang_grace: float = 10):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if session_timeout < 0 or request_timeout <= 0 or hang_grace < 0:
+            raise ValueError("session_timeout, hang_grace must be >= 0 and request_timeout > 0")
         self.tracker_host = tracker_host
         self.tracker_port = int(tracker_port)
         self.key = key
@@ -171,14 +180,20 @@ class RPCRunner:
         self.max_retries = max_retries
         self.priority = priority
         self.request_timeout = request_timeout
+        self.hang_grace = hang_grace
         self._lock = threading.Lock()
-        self.current_server: tuple[str, int] | None = None  # server of the session in flight, if any
-        self.attempts: list[tuple[tuple[str, int] | None, str | None]] = []  # (server, error) of the last run
+        self._in_flight: tuple[object, tuple[str, int]] | None = None
+        self.attempts: list[tuple[tuple[str, int] | None, str | None]] = []
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> "RPCRunner":
         host, port, key = parse_rpc(spec)
         return cls(host, port, key, **kwargs)
+
+    @property
+    def current_server(self) -> tuple[str, int] | None:
+        with self._lock:
+            return self._in_flight[1] if self._in_flight else None
 
     # -- tracker ---------------------------------------------------------------------------------------
 
@@ -191,7 +206,7 @@ class RPCRunner:
                                           timeout=min(10.0, self.request_timeout)) as sock:
                 sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
                 if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
-                    raise MeasureError(f"{self.tracker_host}:{self.tracker_port} is not a TVM RPC tracker")
+                    raise _SessionLost(f"{self.tracker_host}:{self.tracker_port} is not a TVM RPC tracker")
                 sock.settimeout(self.request_timeout)
                 base.sendjson(sock, [base.TrackerCode.REQUEST, self.key, "", self.priority])
                 value = base.recvjson(sock)
@@ -208,23 +223,54 @@ class RPCRunner:
     # -- one attempt -----------------------------------------------------------------------------------
 
     def _attempt(self, path: Path, inputs: Sequence[np.ndarray]) -> Timing:
+        host, port, matchkey = self._request_server()
+        token = object()
+        with self._lock:
+            self._in_flight = (token, (host, port))
+        self.attempts.append(((host, port), None))
+        try:
+            if not self.session_timeout:
+                return self._session(path, inputs, host, port, matchkey)
+            box: dict = {}
+
+            def target():
+                try:
+                    box["timing"] = self._session(path, inputs, host, port, matchkey)
+                except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                    box["error"] = err
+
+            worker = threading.Thread(target=target, name=f"rpc-measure-{host}:{port}", daemon=True)
+            worker.start()
+            limit = self.session_timeout + self.hang_grace
+            worker.join(limit)
+            if worker.is_alive():  # blocked in the RPC client; it wakes (and ends) if the socket ever breaks
+                raise _SessionLost(f"no answer from {host}:{port} within {limit:g} s (session_timeout "
+                                   f"{self.session_timeout:g} s + {self.hang_grace:g} s); session abandoned")
+            error, timing = box.pop("error", None), box.pop("timing", None)
+            if error is not None:
+                try:
+                    raise error
+                finally:
+                    error = None  # no frame -> exception -> traceback -> frame cycle keeping the session open
+            return timing
+        finally:
+            with self._lock:
+                if self._in_flight and self._in_flight[0] is token:
+                    self._in_flight = None
+
+    def _session(self, path: Path, inputs: Sequence[np.ndarray], host: str, port: int, matchkey: str) -> Timing:
         import tvm
         from tvm import rpc
 
-        host, port, matchkey = self._request_server()
-        with self._lock:
-            self.current_server = (host, port)
-        self.attempts.append(((host, port), None))
         sess = lib = vm = dev = args = None
         try:
             try:
                 sess = rpc.connect(host, port, matchkey, session_timeout=self.session_timeout)
             except Exception as err:  # stale tracker entry: that server just died
-                raise _SessionLost(f"connect to {host}:{port}: {err}") from err
+                raise _SessionLost(f"connect to {host}:{port}: {err}") from err.with_traceback(None)
             try:
-                remote_name = path.name  # each session has its own working folder on the server
-                sess.upload(str(path), remote_name)
-                lib = sess.load_module(remote_name)
+                sess.upload(str(path), path.name)  # each session has its own working folder on the server
+                lib = sess.load_module(path.name)
                 dev = sess.cpu(0)
                 vm = tvm.runtime.vm.VirtualMachine(lib, dev)
                 args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
@@ -232,6 +278,9 @@ class RPCRunner:
             except MeasureError:
                 raise
             except Exception as err:
+                # Keep the cause, not its traceback: its frames hold `vm`, `args` (remote objects), which would
+                # keep this session (and the server) busy for as long as the caller holds the error.
+                err = err.with_traceback(None)
                 text = f"{type(err).__name__}: {err}"
                 if "RPCSessionTimeoutError" in text:
                     raise MeasureError(
@@ -244,23 +293,23 @@ class RPCRunner:
         finally:
             del args, vm, lib, dev, sess  # remote objects first, then the session (closes the connection)
             gc.collect()
-            with self._lock:
-                self.current_server = None
 
     # -- public ----------------------------------------------------------------------------------------
 
     def run(self, library: Path, inputs: Sequence[np.ndarray]) -> Timing:
+        """Measure "main" of `library` on `inputs` on one server; MeasureError when no attempt completes."""
         path = _check_library(library)
         self.attempts = []
         last: BaseException | None = None
         for _ in range(1 + self.max_retries):
+            before = len(self.attempts)
             try:
                 return self._attempt(path, inputs)
             except _SessionLost as err:
                 last = err
-                if self.attempts and self.attempts[-1][1] is None:
+                if len(self.attempts) > before:
                     self.attempts[-1] = (self.attempts[-1][0], str(err))
-                else:
+                else:  # no server was handed out
                     self.attempts.append((None, str(err)))
         raise MeasureError(f"measuring {path} on '{self.key}' via tracker {self.tracker_host}:{self.tracker_port} "
                            f"failed after {1 + self.max_retries} attempts; last error: {last}") from last
