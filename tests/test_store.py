@@ -178,19 +178,32 @@ def test_not_a_store(tmp_path):
 # ----------------------------------------------------------------------------- concurrency
 
 
-def _writer(path: str, worker: int, n: int, barrier) -> None:
-    store = MeasurementStore(path)
-    barrier.wait()  # all start writing at once
-    for i in range(n):
-        store.put(_m(i, device=f"dev{worker}", meta={"worker": worker}))
-    store.close()
+# Subprocesses load store.py by path: the package __init__ imports torch (seconds per process), which
+# the store does not need. `_LOAD_STORE` defines `st`, the store module.
+_LOAD_STORE = r"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("mpq_store", STORE_PY)
+st = importlib.util.module_from_spec(spec); sys.modules["mpq_store"] = st; spec.loader.exec_module(st)
+"""
+
+_SPAWN_WRITER = _LOAD_STORE + r"""
+store = st.MeasurementStore(PATH)
+BARRIER.wait()  # all four start writing at once
+for i in range(N):
+    w = '{"op":"conv2d","i":%d}' % i
+    store.put(st.Measurement("x86_avx2", "dev%d" % WORKER, "layer", w, "W8A8", 1.0 + i, 0.9 + i, 1.2 + i, 0.01,
+                             5, 10, meta={"worker": WORKER}))
+store.close()
+"""
 
 
 def test_concurrent_writers(tmp_path):
     path = str(tmp_path / "shared.db")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_writer, args=(path, w, 200, barrier)) for w in range(4)]
+    procs = [ctx.Process(target=exec, args=(_SPAWN_WRITER, {"STORE_PY": str(STORE_PY), "PATH": path, "N": 200,
+                                                            "WORKER": w, "BARRIER": barrier}))
+             for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -201,14 +214,16 @@ def test_concurrent_writers(tmp_path):
     for w in range(4):
         ms = store.query(device=f"dev{w}")
         assert len(ms) == 200 and all(m.meta == {"worker": w} for m in ms)
+        assert ms == sorted(ms, key=lambda m: m.key) and {m.workload for m in ms} == {_m(i).workload for i in range(200)}
+    # the writers really ran at the same time: their commit-time ranges overlap
+    spans = [(min(m.created_at for m in store.query(device=f"dev{w}")),
+              max(m.created_at for m in store.query(device=f"dev{w}"))) for w in range(4)]
+    assert max(a for a, _ in spans) < min(b for _, b in spans), spans
     assert store.integrity_check() == "ok"
 
 
-# The writer loads store.py by path: the package __init__ imports torch (seconds), not needed here.
-_LOOP_WRITER = r"""
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("mpq_store", sys.argv[1])
-st = importlib.util.module_from_spec(spec); sys.modules["mpq_store"] = st; spec.loader.exec_module(st)
+_LOOP_WRITER = _LOAD_STORE.replace("STORE_PY", "sys.argv[1]") + r"""
+import time
 store = st.MeasurementStore(sys.argv[2])
 done = store.keys("x86_avx2", device="host-a", kind="layer")
 for i in range(int(sys.argv[3])):
