@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", action="store_true", help="tiny models only (smoke test)")
     parser.add_argument("--hw", default="x86_avx2")
-    parser.add_argument("--store", default=None, help="measurement store (default: benchmarks/results/<hw>.sqlite)")
+    parser.add_argument("--store", default=None, help="measurement store (default: the user's tvm_mpq store)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per whole model")
     args = parser.parse_args(argv)
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from tvm_mpq.frontend import import_model
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.latency import build_table
-    from tvm_mpq.measure.profiler import local_device_name, profile_model
+    from tvm_mpq.measure.profiler import default_store_path, local_device_name, profile_model
     from tvm_mpq.measure.tasks import LAYER, model_tasks, workload_from_key
     from tvm_mpq.models import load_model
     from tvm_mpq.plan import Plan, homogeneous_plan, resolve
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     models = ["tiny_cnn", "tiny_transformer"] if args.fast else [
         "efficientnet_lite0", "minilm_l6", "tiny_cnn", "tiny_transformer"]
     suffix = "_fast" if args.fast else ""
-    store_path = Path(args.store) if args.store else ROOT / "benchmarks" / "results" / f"{args.hw}{suffix}.sqlite"
+    store_path = Path(args.store) if args.store else default_store_path()
     device = local_device_name()
     result = {"machine": machine_info(), "profile": profile.name, "device": device, "models": {}}
 
@@ -87,6 +87,11 @@ def main(argv=None) -> int:
 
     with MeasurementStore(store_path) as store:
         measurements = store.query(profile=profile.name, device=device)
+        # The measurements travel with the results (tvm-mpq can import them into another store).
+        exported = ROOT / "benchmarks" / "results" / f"{args.hw}_measurements{suffix}.jsonl"
+        exported.parent.mkdir(parents=True, exist_ok=True)
+        result["measurements_file"] = str(exported.relative_to(ROOT))
+        result["measurements"] = store.export_json(exported, profile=profile.name)
     for name, (_, graph) in graphs.items():
         keys = {(t.workload, t.candidate) for t in model_tasks(graph, profile)}
         rows = [m for m in measurements if (m.workload, m.candidate) in keys]

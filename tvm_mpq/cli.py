@@ -140,6 +140,35 @@ def _cmd_latency(args) -> int:
     return 0
 
 
+def _cmd_store(args) -> int:
+    from .measure.profiler import default_store_path
+    from .store import MeasurementStore
+
+    path = Path(args.store) if args.store else default_store_path()
+    if args.action == "export":
+        with MeasurementStore(path) as store:
+            n = store.export_json(args.file, profile=args.hw)
+        print(f"exported {n} measurements{' of ' + args.hw if args.hw else ''} from {path} to {args.file}")
+    elif args.action == "import":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with MeasurementStore(path) as store:
+            n = store.import_json(args.file)
+        print(f"imported {n} measurements from {args.file} into {path}")
+    else:
+        if not path.exists():
+            print(f"{path}: no measurements yet (run `tvm-mpq profile`)")
+            return 0
+        with MeasurementStore(path) as store:
+            rows = store.query(profile=args.hw)
+        counts: dict[tuple, int] = {}
+        for m in rows:
+            counts[(m.profile, m.device, m.kind)] = counts.get((m.profile, m.device, m.kind), 0) + 1
+        print(f"{path}:")
+        for (prof, dev, kind), n in sorted(counts.items()):
+            print(f"  {prof:<20} {dev:<28} {kind:<8} {n}")
+    return 0
+
+
 def _cmd_models(_args) -> int:
     from .models import available_models
 
@@ -207,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     p.set_defaults(func=_cmd_latency)
 
+    p = sub.add_parser("store", help="list, export or import measurements (to travel with a profile)")
+    p.add_argument("action", choices=["list", "export", "import"])
+    p.add_argument("file", nargs="?", help="JSON-lines file for export/import")
+    p.add_argument("--hw", help="only this profile (list/export)")
+    p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
+    p.set_defaults(func=_cmd_store)
+
     p = sub.add_parser("layers", help="list the quantizable layers, workloads and quantizer groups")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--hw", default="x86_avx2", help=HW_HELP)
@@ -220,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", None) in ("export", "import") and not args.file:
+        parser.error(f"store {args.action} needs a FILE")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
