@@ -154,3 +154,22 @@ def test_latency_table_sources(tiny_graph, x86_profile, tmp_path):
     model = LatencyModel(profile="x86_avx2").fit(samples)
     predicted = build_table(tiny_graph, x86_profile, [m for m in measurements if m.candidate != "W4A8"], model)
     assert predicted.layers[first]["W4A8"].source == PREDICTED and predicted.layers[first]["W8A8"].source == MEASURED
+
+
+@pytest.mark.slow
+def test_metaschedule_tuning_records_are_reused(tiny_graph, x86_profile, tmp_path):
+    """With a tuning budget the task is tuned once; a rerun compiles from MetaSchedule's database."""
+    from tvm_mpq.measure.profiler import compile_task
+
+    task = next(t for t in model_tasks(tiny_graph, x86_profile) if t.candidate == "FP32" and t.op == "linear")
+    tuning = tmp_path / "tuning"
+    first = time.perf_counter()
+    lib, inputs = compile_task(task, x86_profile.tvm_target(), tmp_path, 4, tuning)
+    first = time.perf_counter() - first
+    assert (tuning / "database_tuning_record.json").stat().st_size > 0
+    again = time.perf_counter()
+    lib2, _ = compile_task(task, x86_profile.tvm_target(), tmp_path, 4, tuning)
+    again = time.perf_counter() - again
+    assert again < first / 5
+    timing = LocalRunner(FAST).run(lib2, inputs)
+    assert timing.median_ms > 0

@@ -33,13 +33,17 @@ class ProfileReport:
                 "skipped_for_budget": self.skipped_for_budget, "seconds": self.seconds}
 
 
-def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0):
-    """Build a task's module for `target` and export it; returns (library path, inputs)."""
+def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0, tuning_dir: Optional[Path] = None):
+    """Build a task's module for `target` and export it; returns (library path, inputs).
+
+    With `tuning_trials` > 0 the module is tuned by MetaSchedule first; its records live in `tuning_dir`
+    (MetaSchedule's own JSON database), so a rerun reuses them instead of tuning again.
+    """
     import tvm
 
     mod, inputs = build_task_module(task)
     if tuning_trials > 0:
-        executable = _tuned_compile(mod, target, tuning_trials, workdir / "tuning")
+        executable = _tuned_compile(mod, target, tuning_trials, tuning_dir or workdir / "tuning")
     else:
         executable = tvm.compile(mod, target=target)
     path = workdir / f"task_{abs(hash((task.kind, task.workload, task.candidate))):x}.so"
@@ -51,15 +55,43 @@ def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0):
 
 
 def _tuned_compile(mod, target, trials: int, work_dir: Path):
-    """MetaSchedule-tune `mod` (records kept in `work_dir`, reused by later runs) and compile it."""
+    """MetaSchedule-tune `mod` and compile it with the best records.
+
+    Records stay in `work_dir` (MetaSchedule's JSON database); `tuned.json` there lists the modules
+    already tuned with at least `trials` trials, so a rerun compiles from the records without tuning.
+    """
+    import json
+    import os
+
     import tvm
+    import tvm_ffi
+    from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    builder = ms.builder.LocalBuilder(timeout_sec=120, max_workers=1)  # 2-core hosts time out at 30 s
-    database = ms.relax_integration.tune_relax(
-        mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials, builder=builder,
-    )
+    if target.kind.name == "llvm" and "num-cores" not in target.attrs:  # MetaSchedule requires it
+        target = tvm.target.Target({**dict(target.export()), "num-cores": os.cpu_count() or 1})
+    # Tasks are the fused PrimFuncs: legalize and fuse as the CPU pipeline does, then tune those.
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+        ])(mod)
+    index_path = work_dir / "tuned.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    key = f"{tvm_ffi.structural_hash(mod)}:{target.kind.name}:{target.attrs.get('mcpu', '')}"
+    if index.get(key, 0) >= trials:
+        database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    else:
+        builder = ms.builder.LocalBuilder(timeout_sec=120, max_workers=1)  # 2-core hosts time out at 30 s
+        database = ms.relax_integration.tune_relax(
+            mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
+            num_trials_per_iter=min(trials, 64), builder=builder,
+        )
+        index[key] = trials
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=1))
+        tmp.replace(index_path)
     return ms.relax_integration.compile_relax(database, mod, target, params={})
 
 
@@ -72,6 +104,7 @@ def profile_tasks(
     device: str,
     budget_s: Optional[float] = None,
     progress: Callable[[int, int, str, float], None] = lambda done, total, what, eta: None,
+    tuning_dir: Optional[Path] = None,
 ) -> ProfileReport:
     """Measure the tasks not yet stored for (profile, device); commit each one as it completes."""
     start = time.perf_counter()
@@ -92,7 +125,7 @@ def profile_tasks(
             progress(i, len(todo), task.describe(), eta)
             task_start = time.perf_counter()
             try:
-                library, inputs = compile_task(task, target, workdir, trials)
+                library, inputs = compile_task(task, target, workdir, trials, tuning_dir)
                 timing = runner.run(library, inputs)
             except Exception as err:  # one bad task must not lose the others; it is reported
                 report.failed.append((task.describe(), f"{type(err).__name__}: {err}"[:500]))
@@ -183,7 +216,8 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
     store = MeasurementStore(store_path)
     try:
         report = profile_tasks(tasks, profile=profile, store=store, runner=runner, device=device,
-                               budget_s=budget_s, progress=progress or (lambda *a: None))
+                               budget_s=budget_s, progress=progress or (lambda *a: None),
+                               tuning_dir=store_path.with_name(f"{profile.name}.tuning"))
         model = train_latency_model(store, profile, store_path)
         measured_layers = len(store.query(profile=profile.name, kind="layer"))
     finally:
