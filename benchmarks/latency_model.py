@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hw", default="x86_avx2")
     parser.add_argument("--store", default=None, help="measurement store (default: the user's tvm_mpq store)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per whole model")
+    parser.add_argument("--sweep", type=int, default=64,
+                        help="model-independent workloads profiled too and used for training (0: none)")
     args = parser.parse_args(argv)
 
     from tvm_mpq.build import build
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     from tvm_mpq.store import MeasurementStore
 
     profile = load_profile(args.hw)
+    if args.fast:
+        args.sweep = min(args.sweep, 8)
     models = ["tiny_cnn", "tiny_transformer"] if args.fast else [
         "efficientnet_lite0", "minilm_l6", "tiny_cnn", "tiny_transformer"]
     suffix = "_fast" if args.fast else ""
@@ -66,7 +70,13 @@ def main(argv=None) -> int:
     device = local_device_name()
     result = {"machine": machine_info(), "profile": profile.name, "device": device, "models": {}}
 
-    # 1. profiling
+    # 1. profiling: the device sweep once, then each model
+    if args.sweep:
+        t = time.perf_counter()
+        report = profile_model(None, profile, store_path=store_path, device=device, sweep=args.sweep,
+                               log=lambda m: print(f"[profile] {m}", flush=True))
+        result["sweep"] = {"workloads": args.sweep, "tasks": report["total"], "measured_now": report["measured"],
+                           "seconds_this_run": time.perf_counter() - t}
     graphs = {}
     for name in models:
         spec = load_model(name)

@@ -105,6 +105,7 @@ def _cmd_profile(args) -> int:
     summary = profile_model(
         args.model, args.hw, store_path=args.store, rpc=args.rpc, budget_s=args.budget, device=args.device,
         progress=_Progress(), log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
+        sweep=args.sweep,
     )
     print(f"tasks {summary['total']}: measured {summary['measured']}, already stored {summary['already_stored']}, "
           f"failed {len(summary['failed'])}, left for the budget {summary['skipped_for_budget']} "
@@ -216,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them on the device (locally or through a TVM RPC tracker) and store the "
                                    "measurements; then train the profile's latency model. Resumes where an "
                                    "interrupted run stopped.")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--model", help=MODEL_HELP + " (optional with --sweep)")
     p.add_argument("--hw", required=True, help=HW_HELP)
+    p.add_argument("--sweep", type=int, default=0, metavar="N",
+                   help="also measure N model-independent workloads (conv, linear, attention shapes) that "
+                        "teach the latency model the device; do it once per device")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on devices registered with this TVM RPC tracker")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop measuring after this long; the rest "
                                                                     "is predicted by the latency model")

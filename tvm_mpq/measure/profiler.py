@@ -188,15 +188,22 @@ def train_latency_model(store: MeasurementStore, profile, store_path: Path, min_
 
 
 def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, budget_s: Optional[float] = None,
-                  device: Optional[str] = None, timing=None, progress=None, log=lambda m: None) -> dict:
-    """Measure every (workload, candidate) and convert of a model on a profile's device; train its cost model."""
+                  device: Optional[str] = None, timing=None, progress=None, log=lambda m: None,
+                  sweep: int = 0) -> dict:
+    """Measure every (workload, candidate) and convert of a model on a profile's device, plus `sweep`
+    model-independent workloads (measure/sweep.py); then train the profile's latency model.
+    `model_ref` may be None when only the sweep is measured."""
     from ..frontend import import_model
     from ..hardware import load_profile
     from ..models import load_model
     from .runner import LocalRunner, RPCRunner, TimingConfig
     from .tasks import model_tasks
 
+    from .sweep import sweep_tasks
+
     profile = load_profile(hw) if isinstance(hw, str) else hw
+    if model_ref is None and sweep <= 0:
+        raise ValueError("nothing to profile: give a model, a sweep size, or both")
     spec = load_model(model_ref) if isinstance(model_ref, str) else model_ref
     store_path = Path(store_path) if store_path else default_store_path()
     store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,10 +216,16 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
     else:
         runner = LocalRunner(timing)
         device = device or local_device_name()
-    graph = import_model(spec.module, spec.example_inputs, name=spec.name,
-                         unified_input_ops=profile.constraints.unified_input_ops).graph
-    tasks = model_tasks(graph, profile)
-    log(f"{spec.name} on {profile.name} ({device}): {len(tasks)} tasks, store {store_path}")
+    tasks = []
+    if spec is not None:
+        graph = import_model(spec.module, spec.example_inputs, name=spec.name,
+                             unified_input_ops=profile.constraints.unified_input_ops).graph
+        tasks = model_tasks(graph, profile)
+    if sweep > 0:
+        tasks += sweep_tasks(profile, sweep)
+    name = spec.name if spec is not None else "sweep"
+    log(f"{name}{f' + sweep of {sweep}' if sweep and spec else ''} on {profile.name} ({device}): "
+        f"{len(tasks)} tasks, store {store_path}")
     store = MeasurementStore(store_path)
     try:
         report = profile_tasks(tasks, profile=profile, store=store, runner=runner, device=device,
@@ -222,7 +235,7 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
         measured_layers = len(store.query(profile=profile.name, kind="layer"))
     finally:
         store.close()
-    summary = {"model": spec.name, "profile": profile.name, "device": device, "store": str(store_path),
+    summary = {"model": name, "sweep": sweep, "profile": profile.name, "device": device, "store": str(store_path),
                **report.to_dict(), "layer_measurements_for_profile": measured_layers,
                "latency_model": str(latency_model_path(store_path, profile.name)) if model else None}
     return summary
