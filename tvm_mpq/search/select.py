@@ -164,9 +164,6 @@ def _interpolation(front, run: _Run, target: float) -> Optional[int]:
     if n == 1 or run(0) < target:
         return None
     p = np.array([pt.predicted_sqnr_db for pt in front], dtype=float)
-    finite = p[np.isfinite(p)]
-    cap = (finite.max() if finite.size else 0.0) + 10.0
-    p = np.clip(p, -cap, cap)
     lo, hi = 0, n - 1
     bisect, width = False, hi - lo
     while hi - lo > 1:
@@ -180,10 +177,16 @@ def _interpolation(front, run: _Run, target: float) -> Optional[int]:
 
 
 def _guess(p: np.ndarray, lo: int, hi: int, q_lo: float, q_hi: float, target: float) -> int:
-    """Index in (lo, hi) where quality, taken as affine in predicted SQNR between the ends, crosses target."""
-    if p[lo] == p[hi] or q_lo == q_hi:
+    """Index in (lo, hi) where quality crosses target, reading quality as affine in predicted SQNR between
+    the bracket's ends (dB for dB from the finite end when the other is exact, predicted +inf)."""
+    if np.isfinite(p[lo]) and np.isfinite(p[hi]) and p[lo] != p[hi] and q_lo != q_hi:
+        p_star = p[hi] + (target - q_hi) * (p[lo] - p[hi]) / (q_lo - q_hi)
+    elif np.isfinite(p[hi]):
+        p_star = p[hi] + (target - q_hi)
+    elif np.isfinite(p[lo]):
+        p_star = p[lo] + (target - q_lo)
+    else:
         return (lo + hi) // 2
-    p_star = p[lo] + (target - q_lo) * (p[hi] - p[lo]) / (q_hi - q_lo)
     inner = np.arange(lo + 1, hi)
     ok = inner[p[inner] >= p_star]
     return int(ok.max()) if ok.size else lo + 1
