@@ -141,6 +141,85 @@ def _cmd_latency(args) -> int:
     return 0
 
 
+def _load_calibration(path: str, spec, needed: int):
+    """--calib: an .npy/.npz of input batches, or a folder of images with the model's preprocessing."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if p.is_dir():
+        if spec.name != "efficientnet_lite0":
+            raise ValueError(f"--calib {path}: a folder of images needs an image model with a known "
+                             f"preprocessing (efficientnet_lite0); give an .npy/.npz for {spec.name}")
+        from .models.efficientnet_lite0 import calibration_from_folder
+
+        return calibration_from_folder(p, needed)
+    if not p.is_file():
+        raise ValueError(f"--calib {path}: no such file or folder")
+    if p.suffix == ".npy":
+        arrays = [np.load(p, allow_pickle=False)]
+    elif p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            arrays = [z[k] for k in z.files]
+    else:
+        raise ValueError(f"--calib {path}: expected .npy, .npz or a folder of images")
+    if len(arrays) != len(spec.example_inputs):
+        raise ValueError(f"--calib {path}: {len(arrays)} array(s) but the model takes {len(spec.example_inputs)} "
+                         "inputs (an .npz holds one array per input, in order)")
+    count = arrays[0].shape[0] if arrays[0].ndim else 0
+    samples = []
+    for i in range(count):
+        sample = []
+        for a, example in zip(arrays, spec.example_inputs):
+            if a.shape[0] != count:
+                raise ValueError(f"--calib {path}: arrays disagree on the number of samples")
+            sample.append(torch.from_numpy(np.ascontiguousarray(a[i:i + 1])).to(example.dtype))
+        samples.append(tuple(sample))
+    return samples
+
+
+def _cmd_search(args) -> int:
+    from .models import load_model
+    from .report import write_search_outputs
+    from .search.api import SearchConfig, search
+
+    spec = load_model(args.model)
+    config = SearchConfig(
+        calib_samples=args.calib_samples, sensitivity_samples=min(args.sensitivity_samples, args.calib_samples),
+        eval_samples=args.eval_samples, range_method=args.range_method, order=args.order, cost=args.cost,
+        min_sqnr_db=args.min_sqnr, max_drop_db=args.max_drop, latency_budget_ms=args.latency_budget, selection=args.selection,
+    )
+    calibration = None
+    if args.calib:
+        calibration = _load_calibration(args.calib, spec, config.calib_samples + config.eval_samples)
+    progress = _Progress()
+    result = search(spec, args.hw, config, calibration=calibration, store_path=args.store,
+                    log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
+                    progress=lambda done, total, what: progress(done, total, "phase 1: " + what, float("nan")))
+    extra = {k: {"cost": v["cost"], "sqnr_db": v["sqnr_db"]} for k, v in result.reference_points.items()}
+    paths = write_search_outputs(result, args.out, extra)
+    unit = "ms" if result.cost.unit == "ms" else "rel. BOPs"
+    print(f"{'point':<14} {'cost (' + unit + ')':>16} {'held-out SQNR (dB)':>20}")
+    for label, v in result.reference_points.items():
+        print(f"{label:<14} {v['cost']:>16.3f} {v['sqnr_db']:>20.2f}")
+    sel = result.selection
+    if sel is not None:
+        print(f"{'selected':<14} {sel.point.cost:>16.3f} {sel.point.evaluated_sqnr_db:>20.2f}"
+              f"{'' if sel.met else '   (target not met: best point returned)'}")
+    counts: dict[str, int] = {}
+    for c in result.plan.layers.values():
+        counts[c] = counts.get(c, 0) + 1
+    print(f"plan: {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} layers; front of "
+          f"{len(result.front)} evaluated points")
+    t = result.timings
+    print(f"time: calibration {t['calibrate_s']:.1f} s, phase 1 {t['phase1_s']:.1f} s, phase 2 {t['phase2_s']:.1f} s, "
+          f"phase 3 {t['phase3_s']:.1f} s")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {paths['plan']}, {paths['report']}, {paths['front_plot']}, {paths['sensitivity_plot']}")
+    return 0
+
+
 def _cmd_store(args) -> int:
     from .measure.profiler import default_store_path
     from .store import MeasurementStore
@@ -210,6 +289,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-fp32", action="store_true", help="also compile and time the FP32 model")
     p.add_argument("--repeat", type=int, default=10, help="timed runs of the whole model (default 10)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("search", help="choose per-group precisions: the fastest plan within a quality budget",
+                       description="Phase 1: sensitivity of every quantizer group at every candidate (output SQNR "
+                                   "on unlabeled calibration data); phase 2: Pareto front of quality vs device "
+                                   "latency (measured, else predicted, else roofline; convert ops included); "
+                                   "phase 3: the fastest point within --max-drop, or the best within "
+                                   "--latency-budget, or the whole curve. Writes DIR/plan.yaml (for `tvm-mpq "
+                                   "compile --plan`), DIR/report.json, DIR/front.png, DIR/sensitivity.png.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--hw", required=True, help=HW_HELP)
+    p.add_argument("--calib", help=".npy/.npz of input batches (first axis: samples; .npz: one array per input) "
+                                   "or a folder of images; default: the model's bundled calibration set")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--min-sqnr", type=float, metavar="DB",
+                        help="the fastest plan whose output SQNR vs the float model (held-out samples) is >= DB")
+    budget.add_argument("--max-drop", type=float, metavar="DB", help="allowed quality drop from the baseline, "
+                        "in dB, when the baseline's quality is finite (a non-float baseline)")
+    budget.add_argument("--latency-budget", type=float, metavar="MS", help="best quality within this latency")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--order", default="quality_per_cost", choices=["quality_per_cost", "sensitivity"],
+                   help="phase 2 move order (default: quality lost per latency saved; 'sensitivity' is the "
+                        "paper's)")
+    p.add_argument("--cost", default="latency", choices=["latency", "bops"],
+                   help="cost of a plan: device latency (default) or BOPs (the reference implementation's)")
+    p.add_argument("--selection", default="binary", choices=["binary", "interpolation", "brute"])
+    p.add_argument("--calib-samples", type=int, default=256, help="samples for activation ranges (default 256)")
+    p.add_argument("--sensitivity-samples", type=int, default=64,
+                   help="of those, samples scored in phase 1 (default 64)")
+    p.add_argument("--eval-samples", type=int, default=64, help="held-out samples scored in phase 3 (default 64)")
+    p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("profile", help="measure every layer workload × candidate of a model on the device",
                        description="Compile every distinct layer workload of the model at every candidate the "

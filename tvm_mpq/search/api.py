@@ -1,0 +1,301 @@
+"""The search job: model + unlabeled data + hardware profile → Pareto front → plan.
+
+Phase 1 (sensitivity) runs the integer-domain simulator once per (quantizer group, candidate) with
+everything else at the baseline and keeps the output SQNR; results are cached by a content hash of
+(model weights, calibration data, profile, settings) and checkpointed group by group, so a rerun or an
+interrupted run never redoes finished work. Phase 2 builds the front over the group cost table (device
+latency from the measurement store / latency model / roofline, or BOPs for comparison). Phase 3 picks a
+point by evaluating plans on held-out samples. The phases themselves are pure functions in this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..numerics import get_candidate, sqnr_db
+from ..plan import Plan, resolve
+from .tables import CostTable, SensitivityTable
+
+SEARCH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides a search's result (and so its cache key)."""
+
+    calib_samples: int = 256  # range calibration
+    sensitivity_samples: int = 64  # of the calibration samples, scored in phase 1
+    eval_samples: int = 64  # held out from calibration, scored in phase 3
+    range_method: str = "minmax"
+    baseline: str = "FP32"
+    order: str = "quality_per_cost"  # or "sensitivity" (the paper's order)
+    cost: str = "latency"  # or "bops" (the reference implementation's cost)
+    min_sqnr_db: Optional[float] = None  # phase 3: the fastest point whose output SQNR vs float is >= this
+    max_drop_db: Optional[float] = None  # phase 3: allowed drop from a finite baseline quality (dB)
+    latency_budget_ms: Optional[float] = None  # phase 3 dual: best quality within this latency
+    selection: str = "binary"  # binary | interpolation | brute
+
+    def to_dict(self) -> dict:
+        return {"version": SEARCH_VERSION, **asdict(self)}
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    front: list
+    selection: object  # select.Selection, or None when the whole curve was asked for
+    sensitivity: SensitivityTable
+    cost: CostTable
+    group_layers: dict
+    timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    latency_table: object = None  # latency.LatencyTable behind the cost (None for BOPs-only use)
+    reference_points: dict = field(default_factory=dict)  # homogeneous and BOPs-chosen configs, same tables
+    baseline_quality_db: float = float("inf")  # held-out SQNR of the baseline (inf when it is float)
+
+
+def group_candidates(graph, profile, baseline: str) -> dict[str, tuple[str, ...]]:
+    """A group's candidates: those every member's op supports, in the profile's priority order."""
+    out = {}
+    for group in graph.groups:
+        sets = [[c.name for c in profile.candidates_for(graph.layers[n].op_type)] for n in group.layers]
+        common = [c for c in sets[0] if all(c in s for s in sets[1:])]
+        if baseline not in common:
+            common.append(baseline)
+        out[group.name] = tuple(common)
+    return out
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str(p.dtype).encode() + str(p.shape).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TVM_MPQ_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvm_mpq")
+    return Path(root) / "sensitivity"
+
+
+def sensitivity_table(sim, graph, candidates, stats, samples, y_float, *, baseline: str, range_method: str,
+                      cache_path: Optional[Path] = None, progress=lambda done, total, what: None) -> SensitivityTable:
+    """Phase 1: output SQNR with one group at one candidate, the rest at the baseline."""
+    done: dict = {}
+    if cache_path is not None and cache_path.exists():
+        try:
+            done = {tuple(k.split("\t")): v for k, v in json.loads(cache_path.read_text())["sqnr_db"].items()}
+        except (ValueError, KeyError):
+            done = {}  # a damaged cache is recomputed, never trusted
+    todo = [(g.name, c) for g in graph.groups for c in candidates[g.name] if c != baseline]
+    base = get_candidate(baseline)
+    for i, (group, cand) in enumerate(todo):
+        if (group, cand) in done:
+            continue
+        progress(i, len(todo), f"{group} @ {cand}")
+        c = get_candidate(cand)
+        members = next(g.layers for g in graph.groups if g.name == group)
+        layers = {n: c for n in members}
+        encodings = {n: _encodings(stats[n], c, range_method) for n in members}
+        if base.name != "FP32":
+            layers = {**{n: base for n in graph.layers}, **layers}
+            encodings = {**{n: _encodings(stats[n], base, range_method) for n in graph.layers}, **encodings}
+        sim.configure(layers, encodings)
+        y = sim.run(samples)
+        if not np.isfinite(y).all():
+            raise ValueError(f"phase 1: {group} at {cand} produced NaN or Inf in the model output")
+        done[(group, cand)] = sqnr_db(y_float, y)
+        if cache_path is not None:  # checkpoint: an interrupted run resumes from here
+            _write_json(cache_path, {"sqnr_db": {f"{g}\t{k}": v for (g, k), v in done.items()}})
+    sim.reset()
+    progress(len(todo), len(todo), "done")
+    values = {(g, k): v for (g, k), v in done.items()}
+    for g in graph.groups:
+        values[(g.name, baseline)] = float("inf")
+    return SensitivityTable(baseline, tuple(g.name for g in graph.groups), dict(candidates), values)
+
+
+def _encodings(stats_for_layer, cand, method):
+    from ..numerics import encoding_from_range
+
+    if not cand.is_quantized:
+        return ()
+    return tuple(encoding_from_range(*s.range(method, cand.act_bits), cand.act_bits) for s in stats_for_layer)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=float))
+    tmp.replace(path)
+
+
+def make_evaluator(sim, graph, stats, samples, y_float, range_method: str) -> Callable[[dict], float]:
+    """config {group: candidate} → output SQNR (dB) on `samples`, via the simulator."""
+    group_members = {g.name: g.layers for g in graph.groups}
+
+    def evaluate(config) -> float:
+        layers, encodings = {}, {}
+        for group, cand in config.items():
+            c = get_candidate(cand)
+            for n in group_members[group]:
+                layers[n] = c
+                encodings[n] = _encodings(stats[n], c, range_method)
+        sim.configure(layers, encodings)
+        y = sim.run(samples)
+        sim.reset()
+        if not np.isfinite(y).all():
+            return float("-inf")
+        return sqnr_db(y_float, y)
+
+    return evaluate
+
+
+def config_to_plan(config, graph, stats, range_method: str, profile, model_name: str) -> Plan:
+    from ..plan import ranges_from_stats
+
+    layers = {n: config[g.name] for g in graph.groups for n in g.layers}
+    ranges = ranges_from_stats(stats, layers, range_method)
+    return resolve(Plan(layers, ranges, model_name, profile.name, {"method": range_method}), graph, profile)
+
+
+# ---------------------------------------------------------------------- the job
+
+
+def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None, store_path=None,
+           cache_dir: Optional[Path] = None, log: Callable[[str], None] = lambda m: None,
+           progress=lambda done, total, what: None) -> SearchResult:
+    """Phases 1–3 for `model` on `hw`; `calibration`: list of input tuples (default: the model's bundled set)."""
+    from ..frontend import import_model
+    from ..hardware import load_profile
+    from ..latency import latency_report
+    from ..models import load_model
+    from ..simulate import Simulator
+    from .pareto import pareto_front
+    from .select import CachedEvaluator, check_monotonic, evaluate_curve, select_within_budget, select_within_drop
+    from .tables import bops_cost_table, latency_cost_table
+
+    targets = [t for t in (config.min_sqnr_db, config.max_drop_db, config.latency_budget_ms) if t is not None]
+    if len(targets) > 1:
+        raise ValueError("give one of: a minimum SQNR, an allowed quality drop, a latency budget")
+    if config.max_drop_db is not None and config.max_drop_db < 0:
+        raise ValueError(f"the allowed drop must be >= 0 dB, got {config.max_drop_db}")
+    timings, notes = {}, []
+    t0 = time.perf_counter()
+    spec = load_model(model) if isinstance(model, str) else model
+    profile = load_profile(hw) if isinstance(hw, str) else hw
+    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                            unified_input_ops=profile.constraints.unified_input_ops)
+    graph = imported.graph
+    need = config.calib_samples + config.eval_samples
+    data = list(calibration) if calibration is not None else spec.calibration(need)
+    _check_calibration(data, spec.example_inputs, need)
+    calib, held_out = data[:config.calib_samples], data[config.calib_samples:need]
+    scored = calib[:config.sensitivity_samples]
+
+    sim = Simulator(imported)
+    stats = sim.calibrate(calib)
+    y_scored, y_held = sim.run(scored), sim.run(held_out)
+    if not (np.isfinite(y_scored).all() and np.isfinite(y_held).all()):
+        raise ValueError(f"{spec.name}: the float model outputs NaN or Inf on the calibration data")
+    timings["calibrate_s"] = time.perf_counter() - t0
+
+    candidates = group_candidates(graph, profile, config.baseline)
+    key = _digest(spec.name, [imported.parameter(l.weight) for l in graph.layers.values() if l.weight],
+                  [np.asarray(a) for s in scored for a in s], profile.to_dict(), config.to_dict(),
+                  [np.asarray(a) for s in calib for a in s][:1], len(calib))
+    cache_path = (cache_dir or default_cache_dir()) / f"{spec.name}-{key}.json"
+    t = time.perf_counter()
+    sens = sensitivity_table(sim, graph, candidates, stats, scored, y_scored, baseline=config.baseline,
+                             range_method=config.range_method, cache_path=cache_path, progress=progress)
+    timings["phase1_s"] = time.perf_counter() - t
+    log(f"phase 1: {len(sens.sqnr_db) - len(graph.groups)} (group, candidate) scores in {timings['phase1_s']:.1f} s")
+
+    t = time.perf_counter()
+    table, _ = latency_report(spec, profile, store_path=store_path)
+    notes += table.notes
+    if config.cost == "latency":
+        cost = latency_cost_table(table, graph.groups, candidates)
+    elif config.cost == "bops":
+        macs = {g.name: sum(graph.layers[n].macs for n in g.layers) for g in graph.groups}
+        cost = bops_cost_table(macs, candidates)
+    else:
+        raise ValueError(f"cost must be 'latency' or 'bops', got {config.cost!r}")
+    front = pareto_front(sens, cost, config.order)
+    timings["phase2_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    evaluate = CachedEvaluator(make_evaluator(sim, graph, stats, held_out, y_held, config.range_method))
+    baseline_quality = evaluate(front[0].config)
+    selection = None
+    if config.max_drop_db is not None and not np.isfinite(baseline_quality):
+        raise ValueError(f"the {config.baseline} baseline is the float model itself: its output SQNR is infinite, "
+                         "so a drop from it is undefined. Give a minimum SQNR instead (--min-sqnr, e.g. 30)")
+    target = config.min_sqnr_db if config.min_sqnr_db is not None else (
+        baseline_quality - config.max_drop_db if config.max_drop_db is not None else None)
+    if target is not None:
+        selection = select_within_drop(front, evaluate, target, 0.0, config.selection)
+    elif config.latency_budget_ms is not None:
+        if config.cost != "latency":
+            raise ValueError("a latency budget needs cost='latency'")
+        selection = select_within_budget(front, evaluate, config.latency_budget_ms)
+    curve = evaluate_curve(front, evaluate, max_points=None if len(front) <= 40 else 40)
+    violations = check_monotonic(curve)
+    if violations:
+        notes.append(f"quality does not fall monotonically along the front at {len(violations)} of "
+                     f"{len(curve)} evaluated points; binary search assumes it does (use --selection brute)")
+    if selection is not None and not selection.met:
+        notes.append(selection.message)
+    chosen = selection.point if selection is not None else front[0]
+    plan = config_to_plan(chosen.config, graph, stats, config.range_method, profile, spec.name)
+
+    # Reference points on the same tables: homogeneous precisions, and what BOPs as the cost would choose.
+    references = {}
+    for name in ("W8A8", "W4A8"):
+        cfg = {}
+        for g, cands in candidates.items():
+            alt = "W8A8" if name == "W4A8" else config.baseline
+            cfg[g] = name if name in cands else (alt if alt in cands else config.baseline)
+        references[name] = {"config": cfg, "cost": cost.config_cost(cfg), "sqnr_db": evaluate(cfg)}
+    references[config.baseline] = {"config": dict(front[0].config), "cost": front[0].cost,
+                                   "sqnr_db": baseline_quality}
+    if config.cost == "latency" and target is not None:
+        macs = {g.name: sum(graph.layers[n].macs for n in g.layers) for g in graph.groups}
+        bops_front = pareto_front(sens, bops_cost_table(macs, candidates), "sensitivity")
+        bops_pick = select_within_drop(bops_front, evaluate, target, 0.0, config.selection)
+        references["BOPs-chosen"] = {"config": dict(bops_pick.point.config),
+                                     "cost": cost.config_cost(bops_pick.point.config),
+                                     "sqnr_db": evaluate(bops_pick.point.config), "met": bops_pick.met}
+    timings["phase3_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return SearchResult(plan, curve, selection, sens, cost, {g.name: list(g.layers) for g in graph.groups},
+                        timings, notes, latency_table=table, reference_points=references,
+                        baseline_quality_db=baseline_quality)
+
+
+def _check_calibration(data, example_inputs, need: int) -> None:
+    if len(data) == 0:
+        raise ValueError("the calibration set is empty: give at least a few dozen unlabeled samples")
+    if len(data) < need:
+        raise ValueError(f"the calibration set has {len(data)} samples; {need} are needed "
+                         f"(calibration + held-out evaluation): lower calib_samples / eval_samples or give more")
+    for i, sample in enumerate(data[:need]):
+        if len(sample) != len(example_inputs):
+            raise ValueError(f"calibration sample {i} has {len(sample)} inputs, the model takes {len(example_inputs)}")
+        for j, (a, e) in enumerate(zip(sample, example_inputs)):
+            if tuple(a.shape) != tuple(e.shape):
+                raise ValueError(f"calibration sample {i} input {j} has shape {tuple(a.shape)}, "
+                                 f"the model is compiled for {tuple(e.shape)}")
