@@ -1,0 +1,152 @@
+"""The search job on a small model: phases 1-3 end to end, caching, bad input, and the case where
+latency-aware and BOPs-driven searches choose differently, checked on compiled models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tvm_mpq.models import load_model
+from tvm_mpq.search.api import SearchConfig, search
+from tvm_mpq.store import Measurement, MeasurementStore
+
+SMALL = dict(calib_samples=24, sensitivity_samples=8, eval_samples=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny_cnn")
+
+
+@pytest.fixture(scope="module")
+def int4_slow_store(tmp_path_factory, tiny, x86_profile):
+    """Measurements shaped like this CPU's naive kernels: W4A8 slower than FP32, W8A8 cheapest."""
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.measure.tasks import model_tasks
+
+    path = tmp_path_factory.mktemp("store") / "m.sqlite"
+    graph = import_model(tiny.module, tiny.example_inputs).graph
+    factor = {"FP32": 1.0, "W8A8": 0.4, "W4A8": 1.6, "W8A16": 0.6}
+    with MeasurementStore(path) as store:
+        for t in model_tasks(graph, x86_profile):
+            ms = (0.002 if t.kind == "convert" else factor[t.candidate] * (t.macs / 1e6 + 0.01))
+            store.put(Measurement("x86_avx2", "d", t.kind, t.workload, t.candidate, ms, ms, ms, 0.0, 3, 1))
+    return path
+
+
+def test_search_meets_the_target_and_writes_a_compilable_plan(tiny, int4_slow_store, tmp_path):
+    from tvm_mpq.report import write_search_outputs
+
+    result = search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=35.0, **SMALL), store_path=int4_slow_store,
+                    cache_dir=tmp_path / "cache")
+    sel = result.selection
+    assert sel.met and sel.point.evaluated_sqnr_db >= 35.0
+    # The selection is the cheapest evaluated point that meets the target.
+    ok = [p for p in sel.evaluated if p.evaluated_sqnr_db >= 35.0]
+    assert sel.point.cost == min(p.cost for p in ok)
+    assert result.front[0].cost > sel.point.cost  # cheaper than all-FP32
+    assert set(result.reference_points) >= {"FP32", "W8A8", "W4A8", "BOPs-chosen"}
+    paths = write_search_outputs(result, tmp_path / "out")
+    report = json.loads(open(paths["report"]).read())
+    assert report["selection"]["met"] and len(report["front"]) == len(result.front)
+    for key in ("front_plot", "sensitivity_plot"):
+        assert open(paths[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # The plan file is what `tvm-mpq compile --plan` takes.
+    from tvm_mpq.cli import main
+
+    out = tmp_path / "compiled"
+    assert main(["compile", "--model", "tiny_cnn", "--hw", "x86_avx2", "--plan", paths["plan"], "--out", str(out),
+                 "--calib-samples", "24", "--eval-samples", "8", "--repeat", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"] == dict(result.plan.layers)
+
+
+def test_phase1_is_cached_and_resumes(tiny, int4_slow_store, tmp_path):
+    calls = []
+    cfg = SearchConfig(min_sqnr_db=35.0, **SMALL)
+    first = search(tiny, "x86_avx2", cfg, store_path=int4_slow_store, cache_dir=tmp_path,
+                   progress=lambda d, t, w: calls.append(w))
+    scored = [w for w in calls if w != "done"]
+    assert len(scored) == len(first.sensitivity.sqnr_db) - len(first.sensitivity.groups)
+    # Drop half of the checkpoint: a rerun scores only the missing half, and agrees with the first run.
+    (cache,) = list(tmp_path.glob("*.json"))
+    data = json.loads(cache.read_text())
+    keys = sorted(data["sqnr_db"])
+    data["sqnr_db"] = {k: data["sqnr_db"][k] for k in keys[: len(keys) // 2]}
+    cache.write_text(json.dumps(data))
+    calls.clear()
+    second = search(tiny, "x86_avx2", cfg, store_path=int4_slow_store, cache_dir=tmp_path,
+                    progress=lambda d, t, w: calls.append(w))
+    assert len([w for w in calls if w != "done"]) == len(keys) - len(keys) // 2
+    assert dict(second.sensitivity.sqnr_db) == pytest.approx(dict(first.sensitivity.sqnr_db))
+    # A different setting is a different cache entry, never a stale hit.
+    search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=35.0, range_method="percentile", **SMALL),
+           store_path=int4_slow_store, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_unmeetable_target_returns_the_best_point_and_says_so(tiny, int4_slow_store, tmp_path):
+    # A quantized baseline (as on a DSP without float): even the baseline misses a 500 dB target.
+    result = search(tiny, "x86_avx2", SearchConfig(baseline="W8A16", min_sqnr_db=500.0, **SMALL),
+                    store_path=int4_slow_store, cache_dir=tmp_path)
+    assert not result.selection.met and result.notes
+    assert result.selection.point.evaluated_sqnr_db == max(p.evaluated_sqnr_db for p in result.selection.evaluated)
+
+
+def test_latency_budget_dual(tiny, int4_slow_store, tmp_path):
+    base = search(tiny, "x86_avx2", SearchConfig(**SMALL), store_path=int4_slow_store, cache_dir=tmp_path)
+    budget = (base.front[0].cost + base.front[-1].cost) / 2
+    result = search(tiny, "x86_avx2", SearchConfig(latency_budget_ms=budget, **SMALL),
+                    store_path=int4_slow_store, cache_dir=tmp_path)
+    assert result.selection.met and result.selection.point.cost <= budget
+
+
+def test_bad_input(tiny, int4_slow_store, tmp_path):
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        search(tiny, "x86_avx2", SearchConfig(**SMALL), calibration=[], store_path=int4_slow_store)
+    wrong = [(torch.zeros(1, 1, 14, 14),)] * 40
+    with pytest.raises(ValueError, match=r"shape \(1, 1, 14, 14\).*\(1, 1, 28, 28\)"):
+        search(tiny, "x86_avx2", SearchConfig(**SMALL), calibration=wrong, store_path=int4_slow_store)
+    nan = [(torch.full((1, 1, 28, 28), float("nan")),)] * 40
+    with pytest.raises(ValueError, match="NaN"):
+        search(tiny, "x86_avx2", SearchConfig(**SMALL), calibration=nan, store_path=int4_slow_store)
+    with pytest.raises(ValueError, match="infinite"):
+        search(tiny, "x86_avx2", SearchConfig(max_drop_db=1.0, **SMALL), store_path=int4_slow_store,
+               cache_dir=tmp_path)
+
+
+def test_profile_without_measurements_uses_the_roofline_and_says_so(tiny, tmp_path):
+    result = search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=30.0, **SMALL), store_path=tmp_path / "empty.sqlite",
+                    cache_dir=tmp_path)
+    assert any("roofline" in n for n in result.notes)
+
+
+def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp_path, x86_profile):
+    """Real measurements of this CPU's kernels (int4 unpacking makes W4A8 slow here, BOPs call it cheapest):
+    the two searches pick different plans, and the compiled latency-aware plan is faster."""
+    from tvm_mpq.build import build
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.measure.profiler import profile_model
+    from tvm_mpq.measure.runner import TimingConfig
+    from tvm_mpq.pipeline import make_plan
+    from tvm_mpq.plan import Plan
+    from tvm_mpq.simulate import Simulator
+
+    store = tmp_path / "m.sqlite"
+    profile_model(tiny, x86_profile, store_path=store, device="here", timing=TimingConfig(1, 5, 20))
+    cfg = dict(min_sqnr_db=20.0, **SMALL)
+    latency = search(tiny, x86_profile, SearchConfig(**cfg), store_path=store, cache_dir=tmp_path)
+    bops = search(tiny, x86_profile, SearchConfig(cost="bops", order="sensitivity", **cfg), store_path=store,
+                  cache_dir=tmp_path)
+    assert dict(latency.plan.layers) != dict(bops.plan.layers)
+    imported = import_model(tiny.module, tiny.example_inputs)
+    stats = Simulator(imported).calibrate(tiny.calibration(24))
+    example = [a.numpy() for a in tiny.example_inputs]
+    measured = {}
+    for label, result in (("latency", latency), ("bops", bops)):
+        plan = make_plan(Plan(dict(result.plan.layers)), imported, x86_profile, stats, "minmax")
+        compiled = build(imported, plan, x86_profile.tvm_target())
+        measured[label] = compiled.benchmark(example, number=20, repeat=7).median_ms
+    print(f"\n[search] latency-aware plan {measured['latency']:.3f} ms vs BOPs-chosen {measured['bops']:.3f} ms")
+    assert measured["latency"] < measured["bops"]
