@@ -3,8 +3,9 @@ compiled by Apache TVM.
 
 The small public API (TVM is imported lazily, on first compile):
 
-    from tvm_mpq import load_model, load_profile, quantize_and_compile
-    result = quantize_and_compile("efficientnet_lite0", "x86_avx2", "w8a8", out_dir="out")
+    from tvm_mpq import SearchConfig, find_plan, quantize_and_compile
+    found = find_plan("efficientnet_lite0", "x86_avx2", SearchConfig(min_sqnr_db=30))
+    summary = quantize_and_compile("efficientnet_lite0", "x86_avx2", found.plan, out_dir="out")
 """
 
 from .hardware import load_profile
@@ -12,7 +13,8 @@ from .models import load_model
 from .numerics import CANDIDATES, Candidate
 from .plan import Plan, PlanError
 
-__all__ = ["CANDIDATES", "Candidate", "Plan", "PlanError", "load_model", "load_profile", "quantize_and_compile"]
+__all__ = ["CANDIDATES", "Candidate", "Plan", "PlanError", "SearchConfig", "load_model", "load_profile",
+           "find_plan", "quantize_and_compile"]
 
 
 def quantize_and_compile(*args, **kwargs):
@@ -20,3 +22,18 @@ def quantize_and_compile(*args, **kwargs):
     from .pipeline import quantize_and_compile as run
 
     return run(*args, **kwargs)
+
+
+def find_plan(*args, **kwargs):
+    """See `tvm_mpq.search.api.search`: phases 1-3, returns a SearchResult with `.plan`."""
+    from .search.api import search as run
+
+    return run(*args, **kwargs)
+
+
+def __getattr__(name):
+    if name == "SearchConfig":
+        from .search.api import SearchConfig
+
+        return SearchConfig
+    raise AttributeError(name)
