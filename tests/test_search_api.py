@@ -50,6 +50,11 @@ def test_search_meets_the_target_and_writes_a_compilable_plan(tiny, int4_slow_st
     paths = write_search_outputs(result, tmp_path / "out")
     report = json.loads(open(paths["report"]).read())
     assert report["selection"]["met"] and len(report["front"]) == len(result.front)
+    analysis = report["analysis"]
+    assert analysis["orders"]["comparison_chosen_vs_other"]["winner"] in ("a", "b", "tie")
+    gap = analysis["greedy_vs_exact"]
+    assert gap["points"] > 0 and gap["max_relative_gap"] >= 0  # exact is never worse than greedy
+    assert analysis["additive_model"]["points"] > 0
     for key in ("front_plot", "sensitivity_plot"):
         assert open(paths[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # The plan file is what `tvm-mpq compile --plan` takes.

@@ -211,6 +211,17 @@ def _cmd_search(args) -> int:
         counts[c] = counts.get(c, 0) + 1
     print(f"plan: {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} layers; front of "
           f"{len(result.front)} evaluated points")
+    a = result.analysis
+    cmp, gap, add = a["orders"]["comparison_chosen_vs_other"], a["greedy_vs_exact"], a["additive_model"]
+    winner = {"a": a["orders"]["chosen"], "b": a["orders"]["other"], "tie": "neither"}[cmp["winner"]]
+    print(f"front: better order by area: {winner} ({a['orders']['chosen']} better at {cmp['a_better']} "
+          f"of {cmp['levels']} cost levels)")
+    if gap:
+        print(f"greedy vs exact optimum of the additive model: {gap['optimal_points']}/{gap['points']} points "
+              f"optimal, max cost gap {gap['max_relative_gap'] * 100:.1f} %")
+    if add["points"]:
+        print(f"additive noise model vs evaluated SQNR: mean error {add['mean_error_db']:+.1f} dB, "
+              f"max |error| {add['max_abs_error_db']:.1f} dB over {add['points']} points")
     t = result.timings
     print(f"time: calibration {t['calibrate_s']:.1f} s, phase 1 {t['phase1_s']:.1f} s, phase 2 {t['phase2_s']:.1f} s, "
           f"phase 3 {t['phase3_s']:.1f} s")

@@ -28,6 +28,7 @@ def search_report(result, extra_points: dict | None = None) -> dict:
         "sensitivity_db": {f"{g}|{c}": _num(v) for (g, c), v in result.sensitivity.sqnr_db.items()},
         "groups": result.group_layers,
         "extra_points": extra_points or {},
+        "analysis": result.analysis,
         "timings_s": result.timings,
         "notes": result.notes,
     }

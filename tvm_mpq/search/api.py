@@ -59,6 +59,7 @@ class SearchResult:
     notes: list = field(default_factory=list)
     latency_table: object = None  # latency.LatencyTable behind the cost (None for BOPs-only use)
     reference_points: dict = field(default_factory=dict)  # homogeneous and BOPs-chosen configs, same tables
+    analysis: dict = field(default_factory=dict)  # front orders compared, greedy vs exact, predicted vs evaluated
     baseline_quality_db: float = float("inf")  # held-out SQNR of the baseline (inf when it is float)
 
 
@@ -280,10 +281,34 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
                                      "cost": cost.config_cost(bops_pick.point.config),
                                      "sqnr_db": evaluate(bops_pick.point.config), "met": bops_pick.met}
     timings["phase3_s"] = time.perf_counter() - t
+    analysis = _analysis(sens, cost, front, curve, config.order)
     timings["total_s"] = time.perf_counter() - t0
     return SearchResult(plan, curve, selection, sens, cost, {g.name: list(g.layers) for g in graph.groups},
                         timings, notes, latency_table=table, reference_points=references,
-                        baseline_quality_db=baseline_quality)
+                        baseline_quality_db=baseline_quality, analysis=analysis)
+
+
+def _analysis(sens, cost, front, curve, order: str) -> dict:
+    """Which move order gives the better front, how far greedy is from the exact optimum of the additive
+    model, and how well the additive model predicts the evaluated quality."""
+    from .exact import exact_front_for, optimality_gap
+    from .pareto import compare_fronts, pareto_front
+
+    other = "sensitivity" if order == "quality_per_cost" else "quality_per_cost"
+    comparison = compare_fronts(front, pareto_front(sens, cost, other))
+    step = max(1, len(front) // 12)
+    sample = [p for p in front[::step] if np.isfinite(p.predicted_sqnr_db)]
+    gap = optimality_gap(sample, exact_front_for(sens, cost, sample, time_limit=10.0)).to_dict() if sample else {}
+    pairs = [(p.predicted_sqnr_db, p.evaluated_sqnr_db) for p in curve
+             if p.evaluated_sqnr_db is not None and np.isfinite(p.evaluated_sqnr_db) and np.isfinite(p.predicted_sqnr_db)]
+    errors = [e - pr for pr, e in pairs]
+    return {
+        "orders": {"chosen": order, "other": other, "comparison_chosen_vs_other": comparison},
+        "greedy_vs_exact": gap,
+        "additive_model": {"points": len(pairs),
+                           "mean_error_db": float(np.mean(errors)) if errors else None,
+                           "max_abs_error_db": float(np.max(np.abs(errors))) if errors else None},
+    }
 
 
 def _check_calibration(data, example_inputs, need: int) -> None:
