@@ -36,7 +36,7 @@ def test_shipped_profile_loads():
     assert prof.constraints.unified_input_ops == ()
     assert prof.constraints.int4_channel_multiple == 1
     assert (prof.measure.number, prof.measure.repeat, prof.measure.min_repeat_ms, prof.measure.tuning_trials) == (
-        10, 5, 50, 0)
+        1, 5, 50, 0)
     assert prof.rpc_key is None
     assert prof.roofline.peak_gops["W8A8"] == 300 and prof.roofline.memory_gbps == 40
     assert prof.source == SHIPPED.resolve()
