@@ -72,6 +72,16 @@ class Workload:
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one execution: output elements × reduction length."""
+        out = 1
+        for d in self.output_shape:
+            out *= d
+        if self.op == "conv2d":
+            return out * self.weight_shape[1] * self.weight_shape[2] * self.weight_shape[3]
+        return out * self.input_shape[-1]  # linear and matmul: reduce over the last input axis
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -168,7 +178,7 @@ def analyze(ep: torch.export.ExportedProgram, unified_input_ops: Iterable[str] =
         if node.target in CONV_OPS:
             weight = param_name(node.args[1])
             if weight is None:
-                float_ops["conv2d(non-constant weight)"] = float_ops.get("conv2d(non-constant weight)", 0) + 1
+                _count(float_ops, "conv2d(non-constant weight)")
                 continue
             bias = param_name(_arg(node, 2, None))
             x_shape, w_shape, y_shape = _shape(node.args[0]), _shape(node.args[1]), _shape(node)
@@ -178,45 +188,41 @@ def analyze(ep: torch.export.ExportedProgram, unified_input_ops: Iterable[str] =
                 strides=_pair(_arg(node, 3, [1, 1])), padding=(pad[0], pad[1], pad[0], pad[1]),
                 dilation=_pair(_arg(node, 5, [1, 1])), groups=int(_arg(node, 6, 1)), has_bias=bias is not None,
             )
-            macs = y_shape[0] * y_shape[1] * y_shape[2] * y_shape[3] * w_shape[1] * w_shape[2] * w_shape[3]
-            add(Layer(weight.rsplit(".", 1)[0], "conv2d", node.name, wl, macs, weight, bias,
+            add(Layer(weight.rsplit(".", 1)[0], "conv2d", node.name, wl, wl.macs, weight, bias,
                       (source_of(node.args[0]).name,)))
         elif node.target in LINEAR_OPS:
             weight = param_name(node.args[1])
             if weight is None:
-                float_ops["linear(non-constant weight)"] = float_ops.get("linear(non-constant weight)", 0) + 1
+                _count(float_ops, "linear(non-constant weight)")
                 continue
             bias = param_name(_arg(node, 2, None))
             x_shape, w_shape, y_shape = _shape(node.args[0]), _shape(node.args[1]), _shape(node)
-            rows = 1
-            for d in x_shape[:-1]:
-                rows *= d
             wl = Workload("linear", x_shape, w_shape, y_shape, has_bias=bias is not None)
-            add(Layer(weight.rsplit(".", 1)[0], "linear", node.name, wl, rows * w_shape[0] * w_shape[1],
+            add(Layer(weight.rsplit(".", 1)[0], "linear", node.name, wl, wl.macs,
                       weight, bias, (source_of(node.args[0]).name,)))
         elif node.target in MATMUL_OPS:
             a, b = node.args[0], node.args[1]
             if param_name(source_of(a)) or param_name(source_of(b)):
-                float_ops["matmul(with parameter operand)"] = float_ops.get("matmul(with parameter operand)", 0) + 1
+                _count(float_ops, "matmul(with parameter operand)")
                 continue
             a_shape, b_shape, y_shape = _shape(a), _shape(b), _shape(node)
             if len(a_shape) < 2 or len(b_shape) < 2 or a_shape[:-2] != b_shape[:-2]:
-                float_ops["matmul(broadcast)"] = float_ops.get("matmul(broadcast)", 0) + 1
+                _count(float_ops, "matmul(broadcast)")
                 continue
-            batch = 1
-            for d in y_shape[:-2]:
-                batch *= d
             wl = Workload("matmul", a_shape, b_shape, y_shape)
             path = _module_path(node)
             name = f"{path}.{node.name}" if path else node.name
-            add(Layer(name, "matmul", node.name, wl, batch * a_shape[-2] * a_shape[-1] * b_shape[-1],
+            add(Layer(name, "matmul", node.name, wl, wl.macs,
                       input_sources=(source_of(a).name, source_of(b).name)))
         elif node.target in REPORTED_FLOAT_OPS:
-            key = REPORTED_FLOAT_OPS[node.target]
-            float_ops[key] = float_ops.get(key, 0) + 1
+            _count(float_ops, REPORTED_FLOAT_OPS[node.target])
 
     groups = _quantizer_groups(ep, layers, set(unified_input_ops))
     return LayerGraph(layers, groups, float_ops)
+
+
+def _count(counts: dict, key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 def _quantizer_groups(ep, layers: dict[str, Layer], unified_input_ops: set[str]) -> list[QuantizerGroup]:

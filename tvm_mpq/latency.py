@@ -137,19 +137,25 @@ def _convert_roofline(shape, bits: int, profile) -> float:
 
 def latency_report(model_ref, hw, *, store_path=None, device: Optional[str] = None):
     """(LatencyTable, LayerGraph) of a model on a profile from the store and the profile's latency model."""
-    from pathlib import Path
-
-    from .cost_model.xgb import LatencyModel
     from .frontend import import_model
     from .hardware import load_profile
-    from .measure.profiler import default_store_path, latency_model_path
     from .models import load_model
-    from .store import MeasurementStore
 
     profile = load_profile(hw) if isinstance(hw, str) else hw
     spec = load_model(model_ref) if isinstance(model_ref, str) else model_ref
     graph = import_model(spec.module, spec.example_inputs, name=spec.name,
                          unified_input_ops=profile.constraints.unified_input_ops).graph
+    return load_latency_table(graph, profile, store_path=store_path, device=device), graph
+
+
+def load_latency_table(graph: LayerGraph, profile, *, store_path=None, device: Optional[str] = None) -> LatencyTable:
+    """The latency table of an analysed model from the store and the profile's saved latency model."""
+    from pathlib import Path
+
+    from .cost_model.xgb import LatencyModel
+    from .measure.profiler import default_store_path, latency_model_path
+    from .store import MeasurementStore
+
     store_path = Path(store_path) if store_path else default_store_path()
     measurements = []
     if store_path.exists():
@@ -157,4 +163,4 @@ def latency_report(model_ref, hw, *, store_path=None, device: Optional[str] = No
             measurements = store.query(profile=profile.name)
     model_path = latency_model_path(store_path, profile.name)
     model = LatencyModel.load(model_path) if model_path.exists() else None
-    return build_table(graph, profile, measurements, model, device), graph
+    return build_table(graph, profile, measurements, model, device)

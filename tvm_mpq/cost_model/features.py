@@ -60,12 +60,7 @@ def _check(workload) -> None:
 def workload_macs(workload: "Workload") -> int:
     """Multiply-accumulates of one execution of the workload."""
     _check(workload)
-    x, w, y = workload.input_shape, workload.weight_shape, workload.output_shape
-    if workload.op == "conv2d":
-        return _prod(y) * _prod(w[1:])
-    if workload.op == "linear":
-        return _prod(y) * int(x[-1])
-    return _prod(y) * int(x[-1])  # matmul: batch * M * N * K
+    return int(workload.macs)
 
 
 def _float_bits(c: Candidate) -> int:

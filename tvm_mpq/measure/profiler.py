@@ -154,12 +154,16 @@ def _stored_keys(store: MeasurementStore, profile: str, device: str):
 # ---------------------------------------------------------------------- the profiling job
 
 
-def default_store_path() -> Path:
+def tvm_mpq_home() -> Path:
+    """Where tvm_mpq keeps measurements, latency models and caches: $TVM_MPQ_HOME or ~/.cache/tvm_mpq."""
     import os
 
-    root = os.environ.get("TVM_MPQ_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvm_mpq")
-    return Path(root) / "measurements.sqlite"
+    return Path(os.environ.get("TVM_MPQ_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvm_mpq"))
+
+
+def default_store_path() -> Path:
+    return tvm_mpq_home() / "measurements.sqlite"
 
 
 def latency_model_path(store_path: Path, profile_name: str) -> Path:

@@ -47,12 +47,7 @@ def workload_from_key(key: str) -> Workload:
 
 
 def layer_macs(wl: Workload) -> int:
-    if wl.op == "conv2d":
-        n, o, oh, ow = wl.output_shape
-        return n * o * oh * ow * int(np.prod(wl.weight_shape[1:]))
-    if wl.op == "linear":
-        return int(np.prod(wl.input_shape[:-1])) * wl.weight_shape[0] * wl.weight_shape[1]
-    return int(np.prod(wl.output_shape[:-2])) * wl.input_shape[-2] * wl.input_shape[-1] * wl.weight_shape[-1]
+    return wl.macs
 
 
 def model_tasks(graph: LayerGraph, profile) -> list[Task]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,9 +86,9 @@ def _digest(*parts) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("TVM_MPQ_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvm_mpq")
-    return Path(root) / "sensitivity"
+    from ..measure.profiler import tvm_mpq_home
+
+    return tvm_mpq_home() / "sensitivity"
 
 
 def sensitivity_table(sim, graph, candidates, stats, samples, y_float, *, baseline: str, range_method: str,
@@ -182,7 +181,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     """Phases 1–3 for `model` on `hw`; `calibration`: list of input tuples (default: the model's bundled set)."""
     from ..frontend import import_model
     from ..hardware import load_profile
-    from ..latency import latency_report
+    from ..latency import load_latency_table
     from ..models import load_model
     from ..simulate import Simulator
     from .pareto import pareto_front
@@ -226,7 +225,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     log(f"phase 1: {len(sens.sqnr_db) - len(graph.groups)} (group, candidate) scores in {timings['phase1_s']:.1f} s")
 
     t = time.perf_counter()
-    table, _ = latency_report(spec, profile, store_path=store_path)
+    table = load_latency_table(graph, profile, store_path=store_path)
     notes += table.notes
     if config.cost == "latency":
         cost = latency_cost_table(table, graph.groups, candidates)
