@@ -115,17 +115,21 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rng.shuffle(workloads)
     folds = 5 if len(workloads) >= 10 else 2
-    y_all, p_all = [], []
-    for k in range(folds):
-        held = set(workloads[k::folds])
+    def held_out(held: set):
+        """Fit on every row whose workload is not in `held`; (true ms, predicted ms, train size) on the rest."""
         train = [s for s, m in zip(samples, layer_rows) if m.workload not in held]
         test = [s for s, m in zip(samples, layer_rows) if m.workload in held]
         if len(train) < 8 or not test:
-            continue
-        model = LatencyModel(profile=profile.name).fit(train)
-        pred, _ = model.predict([(w, c) for w, c, _ in test])
-        y_all += [ms for _, _, ms in test]
-        p_all += list(pred)
+            return None
+        pred, _ = LatencyModel(profile=profile.name).fit(train).predict([(w, c) for w, c, _ in test])
+        return [ms for _, _, ms in test], list(pred), len(train)
+
+    y_all, p_all = [], []
+    for k in range(folds):
+        fold = held_out(set(workloads[k::folds]))
+        if fold is not None:
+            y_all += fold[0]
+            p_all += fold[1]
     result["held_out_workloads"] = {"folds": folds, "n": len(y_all), "mape_pct": mape(y_all, p_all),
                                     "spearman": spearman(y_all, p_all)}
     print(f"[cost model] held-out workloads: MAPE {result['held_out_workloads']['mape_pct']:.1f} %, "
@@ -134,18 +138,14 @@ def main(argv=None) -> int:
     # 2b. held-out models
     result["held_out_models"] = {}
     for name, (_, graph) in graphs.items():
-        keys = {t.workload for t in model_tasks(graph, profile)}
-        train = [s for s, m in zip(samples, layer_rows) if m.workload not in keys]
-        test = [s for s, m in zip(samples, layer_rows) if m.workload in keys]
-        if len(train) < 8 or not test:
+        fold = held_out({t.workload for t in model_tasks(graph, profile)})
+        if fold is None:
             continue
-        model = LatencyModel(profile=profile.name).fit(train)
-        pred, std = model.predict([(w, c) for w, c, _ in test])
-        y = [ms for _, _, ms in test]
-        result["held_out_models"][name] = {"n": len(test), "train_n": len(train), "mape_pct": mape(y, pred),
+        y, pred, train_n = fold
+        result["held_out_models"][name] = {"n": len(y), "train_n": train_n, "mape_pct": mape(y, pred),
                                            "spearman": spearman(y, pred)}
         print(f"[cost model] held-out model {name}: MAPE {mape(y, pred):.1f} %, "
-              f"Spearman {spearman(y, pred):.3f} (trained on {len(train)} rows of other models)", flush=True)
+              f"Spearman {spearman(y, pred):.3f} (trained on {train_n} rows of other models)", flush=True)
 
     # 3. whole-model check: Σ layers + converts (all measured) vs the compiled model, same run
     result["whole_model"] = {}

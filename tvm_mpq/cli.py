@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Phase 1: sensitivity of every quantizer group at every candidate (output SQNR "
                                    "on unlabeled calibration data); phase 2: Pareto front of quality vs device "
                                    "latency (measured, else predicted, else roofline; convert ops included); "
-                                   "phase 3: the fastest point within --max-drop, or the best within "
+                                   "phase 3: the fastest point reaching --min-sqnr (or within --max-drop of a "
+                                   "finite baseline), or the best within "
                                    "--latency-budget, or the whole curve. Writes DIR/plan.yaml (for `tvm-mpq "
                                    "compile --plan`), DIR/report.json, DIR/front.png, DIR/sensitivity.png.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
