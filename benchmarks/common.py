@@ -11,6 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def results_dir(fast: bool = False) -> Path:
+    """Where benchmark results go: benchmarks/results, or its fast/ (smoke runs, not kept in git)."""
+    return ROOT / "benchmarks" / "results" / ("fast" if fast else "")
+
+
 def _cpu() -> tuple[str, list[str]]:
     model, flags = platform.processor() or "unknown", []
     try:

@@ -11,6 +11,7 @@ run uses the same number of threads.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -21,6 +22,11 @@ def set_torch_threads(threads: int = THREADS) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def set_tvm_threads(threads: int = THREADS) -> None:
+    """TVM's CPU thread pool size; read when the pool starts, so call this before the first TVM run."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 def time_callable(fn: Callable[[], object], *, repeat: int = 20, warmup: int = 3, number: int = 1,
