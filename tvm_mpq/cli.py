@@ -184,10 +184,18 @@ def _cmd_search(args) -> int:
     from .search.api import SearchConfig, search
 
     spec = load_model(args.model)
+    labeled = args.metric == "labeled"
+    if labeled and args.min_sqnr is not None:
+        raise ValueError("--metric labeled selects by the model's labeled score: give --min-score or --max-drop "
+                         "(in its unit), not --min-sqnr")
+    if not labeled and args.min_score is not None:
+        raise ValueError("--min-score needs --metric labeled (with output SQNR give --min-sqnr)")
     config = SearchConfig(
         calib_samples=args.calib_samples, sensitivity_samples=min(args.sensitivity_samples, args.calib_samples),
         eval_samples=args.eval_samples, range_method=args.range_method, order=args.order, cost=args.cost,
-        min_sqnr_db=args.min_sqnr, max_drop_db=args.max_drop, latency_budget_ms=args.latency_budget, selection=args.selection,
+        min_sqnr_db=args.min_sqnr, max_drop_db=None if labeled else args.max_drop,
+        min_score=args.min_score, max_score_drop=args.max_drop if labeled else None,
+        latency_budget_ms=args.latency_budget, selection=args.selection,
     )
     calibration = None
     if args.calib:
@@ -195,13 +203,19 @@ def _cmd_search(args) -> int:
     progress = _Progress()
     result = search(spec, args.hw, config, calibration=calibration, store_path=args.store,
                     log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
-                    progress=lambda done, total, what: progress(done, total, "phase 1: " + what, float("nan")))
-    extra = {k: {"cost": v["cost"], "sqnr_db": v["sqnr_db"]} for k, v in result.reference_points.items()}
+                    progress=lambda done, total, what: progress(done, total, "phase 1: " + what, float("nan")),
+                    metric=args.metric)
+    key = "score" if labeled else "sqnr_db"
+    extra = {k: {"cost": v["cost"], key: v[key]} for k, v in result.reference_points.items()}
     paths = write_search_outputs(result, args.out, extra)
     unit = "ms" if result.cost.unit == "ms" else "rel. BOPs"
-    print(f"{'point':<14} {'cost (' + unit + ')':>16} {'held-out SQNR (dB)':>20}")
+    if labeled:
+        m = result.metric
+        print(f"metric: {m['name']} ({m['unit']}){': ' + m['note'] if m['note'] else ''}")
+    quality = f"{result.metric['name']}" if labeled else "held-out SQNR (dB)"
+    print(f"{'point':<14} {'cost (' + unit + ')':>16} {quality:>20}")
     for label, v in result.reference_points.items():
-        print(f"{label:<14} {v['cost']:>16.3f} {v['sqnr_db']:>20.2f}")
+        print(f"{label:<14} {v['cost']:>16.3f} {v[key]:>20.4g}")
     sel = result.selection
     if sel is not None:
         print(f"{'selected':<14} {sel.point.cost:>16.3f} {sel.point.evaluated_sqnr_db:>20.2f}"
@@ -307,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "latency (measured, else predicted, else roofline; convert ops included); "
                                    "phase 3: the fastest point reaching --min-sqnr (or within --max-drop of a "
                                    "finite baseline), or the best within "
-                                   "--latency-budget, or the whole curve. Writes DIR/plan.yaml (for `tvm-mpq "
+                                   "--latency-budget, or the whole curve; with --metric labeled phase 3 selects by "
+                                   "the model's labeled score instead (--min-score, --max-drop in its unit). Writes DIR/plan.yaml (for `tvm-mpq "
                                    "compile --plan`), DIR/report.json, DIR/front.png, DIR/sensitivity.png.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--hw", required=True, help=HW_HELP)
@@ -316,8 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--min-sqnr", type=float, metavar="DB",
                         help="the fastest plan whose output SQNR vs the float model (held-out samples) is >= DB")
-    budget.add_argument("--max-drop", type=float, metavar="DB", help="allowed quality drop from the baseline, "
-                        "in dB, when the baseline's quality is finite (a non-float baseline)")
+    budget.add_argument("--max-drop", type=float, metavar="X", help="allowed quality drop from the baseline: in dB "
+                        "of SQNR when the baseline's is finite (a non-float baseline), or in the labeled score's "
+                        "unit with --metric labeled (e.g. 0.01 = one accuracy point below FP32)")
+    budget.add_argument("--min-score", type=float, metavar="X",
+                        help="with --metric labeled: the fastest plan whose labeled score is >= X")
     budget.add_argument("--latency-budget", type=float, metavar="MS", help="best quality within this latency")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--order", default="quality_per_cost", choices=["quality_per_cost", "sensitivity"],
@@ -326,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost", default="latency", choices=["latency", "bops"],
                    help="cost of a plan: device latency (default) or BOPs (the reference implementation's)")
     p.add_argument("--selection", default="binary", choices=["binary", "interpolation", "brute"])
+    p.add_argument("--metric", default="sqnr", choices=["sqnr", "labeled"],
+                   help="phase 3 quality: output SQNR vs the float model on held-out samples (default), or the "
+                        "model's labeled evaluator (efficientnet_lite0: top-1 on 20 labeled photos, a sanity "
+                        "check; small_cnn: Fashion-MNIST test accuracy; minilm_l6: accuracy of a "
+                        "logistic-regression probe on sentence embeddings)")
     p.add_argument("--calib-samples", type=int, default=256, help="samples for activation ranges (default 256)")
     p.add_argument("--sensitivity-samples", type=int, default=64,
                    help="of those, samples scored in phase 1 (default 64)")

@@ -14,16 +14,18 @@ def _num(x):
 def search_report(result, extra_points: dict | None = None) -> dict:
     """A JSON-ready report of a SearchResult; `extra_points`: {label: {"cost": .., "sqnr_db": ..}}."""
     sel = result.selection
+    q = "evaluated_sqnr_db" if getattr(result, "metric", None) is None else "evaluated_score"
     return {
         "plan": result.plan.to_dict(),
         "cost_unit": result.cost.unit,
         "baseline_quality_db": _num(result.baseline_quality_db),
+        "metric": getattr(result, "metric", None),  # None: qualities are output SQNR (dB); else this task score
         "selection": None if sel is None else {
             "met": sel.met, "message": sel.message, "evaluations": sel.evaluations,
-            "cost": sel.point.cost, "evaluated_sqnr_db": _num(sel.point.evaluated_sqnr_db),
+            "cost": sel.point.cost, q: _num(sel.point.evaluated_sqnr_db),
             "predicted_sqnr_db": _num(sel.point.predicted_sqnr_db)},
         "front": [{"cost": p.cost, "predicted_sqnr_db": _num(p.predicted_sqnr_db),
-                   "evaluated_sqnr_db": _num(p.evaluated_sqnr_db), "moves": p.moves,
+                   q: _num(p.evaluated_sqnr_db), "moves": p.moves,
                    "config": dict(p.config)} for p in result.front],
         "sensitivity_db": {f"{g}|{c}": _num(v) for (g, c), v in result.sensitivity.sqnr_db.items()},
         "groups": result.group_layers,
@@ -55,20 +57,23 @@ def plot_front(result, path, extra_points: dict | None = None) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = [p for p in result.front if p.evaluated_sqnr_db is not None and math.isfinite(p.evaluated_sqnr_db)]
-    ax.plot([p.cost for p in result.front], [min(p.predicted_sqnr_db, 80) for p in result.front], ".",
-            color="0.7", label="front (predicted, additive noise)")
+    metric = getattr(result, "metric", None)
+    if metric is None:  # the additive model predicts SQNR, not a task score
+        ax.plot([p.cost for p in result.front], [min(p.predicted_sqnr_db, 80) for p in result.front], ".",
+                color="0.7", label="front (predicted, additive noise)")
     if pts:
         ax.plot([p.cost for p in pts], [p.evaluated_sqnr_db for p in pts], "o-", ms=3, label="front (evaluated)")
     for label, point in (extra_points or {}).items():
-        if point.get("sqnr_db") is not None and point.get("cost") is not None:
-            ax.plot(point["cost"], min(point["sqnr_db"], 80), "s", ms=7, label=label)
-            ax.annotate(label, (point["cost"], min(point["sqnr_db"], 80)), textcoords="offset points",
+        quality = point.get("sqnr_db", point.get("score"))
+        if quality is not None and point.get("cost") is not None:
+            ax.plot(point["cost"], min(quality, 80), "s", ms=7, label=label)
+            ax.annotate(label, (point["cost"], min(quality, 80)), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
     sel = result.selection
     if sel is not None and sel.point.evaluated_sqnr_db is not None:
         ax.plot(sel.point.cost, sel.point.evaluated_sqnr_db, "*", ms=14, color="crimson", label="selected")
     ax.set_xlabel("latency (ms)" if result.cost.unit == "ms" else "relative BOPs")
-    ax.set_ylabel("output SQNR vs float (dB)")
+    ax.set_ylabel("output SQNR vs float (dB)" if metric is None else f"{metric['name']} ({metric['unit']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -8,6 +8,7 @@ clamped per tensor, weights are the same per-channel quantized tensors the lower
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -168,6 +169,23 @@ class Simulator:
         gm.graph.eliminate_dead_code()
         gm.recompile()
         self.gm = gm
+        self._index_nodes()
+
+    def _index_nodes(self) -> None:
+        """Execution order, each layer's position in it and each value's last use (for `PrefixCache`)."""
+        self._nodes = list(self.gm.graph.nodes)
+        self._index = index = {n: i for i, n in enumerate(self._nodes)}
+        self._placeholders = [n for n in self._nodes if n.op == "placeholder"]
+        self._last_use = [max((index[u] for u in n.users), default=i) for i, n in enumerate(self._nodes)]
+        modules = dict(self.gm.named_modules())
+        self._modules = {n: modules[n.target] for n in self._nodes if n.op == "call_module"}
+        by_module = {id(m): index[n] for n, m in self._modules.items()}
+        self.positions = {name: by_module[id(sim)] for name, sim in self.layers.items()}
+        # Resuming from stored activations is exact only when no operation writes into its inputs.
+        self.resumable = not any(
+            n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)
+            for n in self._nodes
+        )
 
     # -------------------------------------------------------------- configuration
 
@@ -192,6 +210,38 @@ class Simulator:
         for start in range(0, len(samples), self.chunk):
             group = samples[start : start + self.chunk]
             yield tuple(torch.cat([s[i] for s in group]) for i in range(len(group[0])))
+
+    def _execute(self, env: dict, start: int, stop: int):
+        """Run nodes [start, stop) in `env` (node → value), dropping each value after its last use.
+        Returns the model output when the output node is reached, else None."""
+        nodes, last, index = self._nodes, self._last_use, self._index
+        load = lambda n: env[n]  # noqa: E731
+        for i in range(start, stop):
+            node = nodes[i]
+            if node.op == "placeholder":  # bound by the caller
+                continue
+            if node.op == "output":
+                y = torch.fx.node.map_arg(node.args[0], load)
+                return y[0] if isinstance(y, (tuple, list)) else y
+            args = torch.fx.node.map_arg(node.args, load)
+            kwargs = torch.fx.node.map_arg(node.kwargs, load)
+            if node.op == "call_function":
+                env[node] = node.target(*args, **kwargs)
+            elif node.op == "call_module":
+                env[node] = self._modules[node](*args, **kwargs)
+            elif node.op == "call_method":
+                env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            elif node.op == "get_attr":
+                value = self.gm
+                for part in node.target.split("."):
+                    value = getattr(value, part)
+                env[node] = value
+            else:
+                raise RuntimeError(f"unexpected {node.op} node {node.name}")
+            for a in node.all_input_nodes:
+                if last[index[a]] == i:
+                    env.pop(a, None)
+        return None
 
     @torch.no_grad()
     def run(self, samples: Sequence[tuple]) -> np.ndarray:
@@ -230,3 +280,81 @@ class Simulator:
             for n, (c, e) in saved.items():
                 self.layers[n].candidate, self.layers[n].encodings = c, e
         return stats
+
+
+class PrefixCache:
+    """Runs one fixed sample set under many configurations without recomputing their common prefix.
+
+    The stored activations are those of a reference configuration (by default every layer float). A
+    configuration's first layer (in execution order) whose candidate or encodings differ from the
+    reference is where it starts to differ; every value computed before that point equals the
+    reference's, so a run resumes from the latest stored state at or before it and stores the state
+    there for later runs (least recently used states go first when `max_bytes` is reached). The same
+    operations run on the same batches as `Simulator.run`, so outputs are identical to it.
+    """
+
+    def __init__(self, sim: Simulator, samples: Sequence[tuple],
+                 reference: tuple[Mapping[str, Candidate], Mapping[str, Sequence[ActEncoding]]] = ({}, {}),
+                 max_bytes: int = 1 << 30):
+        if len(samples) == 0:
+            raise ValueError("no input samples given")
+        self.sim, self.samples, self.max_bytes = sim, samples, max_bytes
+        self._ref = {n: self._key(reference[0].get(n), reference[1].get(n, ())) for n in sim.layers}
+        self._order = sorted(sim.positions.items(), key=lambda kv: kv[1])
+        self._states: OrderedDict[int, list] = OrderedDict()  # position → per-batch {node: value}
+        self._sizes: dict[int, int] = {}
+        self.stats = {"runs": 0, "nodes_run": 0, "nodes_skipped": 0}
+
+    @staticmethod
+    def _key(c: Optional[Candidate], encodings) -> tuple:
+        if c is None or (not c.is_quantized and c.float_dtype == "float32"):
+            return ("FP32",)
+        return (c.name, tuple(encodings)) if c.is_quantized else (c.name,)
+
+    def start(self, candidates: Mapping[str, Candidate], encodings: Mapping[str, Sequence[ActEncoding]]) -> int:
+        """The position of the first layer that differs from the reference (the output's when none does)."""
+        for name, pos in self._order:
+            if self._key(candidates.get(name), encodings.get(name, ())) != self._ref[name]:
+                return pos
+        return len(self.sim._nodes) - 1
+
+    def _initial(self) -> list:
+        return [dict(zip(self.sim._placeholders, batch)) for batch in self.sim._batches(self.samples)]
+
+    @torch.no_grad()
+    def run(self, candidates: Mapping[str, Candidate], encodings: Mapping[str, Sequence[ActEncoding]]) -> np.ndarray:
+        """Configure the simulator and run the samples; equal to `configure` then `Simulator.run`."""
+        sim = self.sim
+        sim.configure(candidates, encodings)
+        if not sim.resumable:
+            return sim.run(self.samples)
+        stop = self.start(candidates, encodings)
+        stored = [p for p in self._states if p <= stop]
+        pos = max(stored) if stored else 0
+        envs = self._states[pos] if stored else self._initial()
+        if stored:
+            self._states.move_to_end(pos)
+        outs, states = [], []
+        for env in envs:
+            env = dict(env)
+            sim._execute(env, pos, stop)
+            if stop > pos:
+                states.append(dict(env))
+            y = sim._execute(env, stop, len(sim._nodes))
+            outs.append(y.float().numpy())
+        if states:
+            self._store(stop, states)
+        self.stats["runs"] += 1
+        self.stats["nodes_skipped"] += pos
+        self.stats["nodes_run"] += len(sim._nodes) - pos
+        return np.concatenate(outs)
+
+    def _store(self, pos: int, states: list) -> None:
+        size = sum(v.numel() * v.element_size() for env in states for n, v in env.items()
+                   if isinstance(v, torch.Tensor) and n.op != "get_attr")  # parameters are shared, not copied
+        if size > self.max_bytes:
+            return
+        while self._states and sum(self._sizes.values()) + size > self.max_bytes:
+            old, _ = self._states.popitem(last=False)
+            del self._sizes[old]
+        self._states[pos], self._sizes[pos] = states, size

@@ -5,7 +5,14 @@ everything else at the baseline and keeps the output SQNR; results are cached by
 (model weights, calibration data, profile, settings) and checkpointed group by group, so a rerun or an
 interrupted run never redoes finished work. Phase 2 builds the front over the group cost table (device
 latency from the measurement store / latency model / roofline, or BOPs for comparison). Phase 3 picks a
-point by evaluating plans on held-out samples. The phases themselves are pure functions in this package.
+point by evaluating plans on held-out samples: output SQNR against the float model, or a task metric
+(`tvm_mpq.metrics.Metric`: a labeled set, or a user callable of the held-out outputs). The phases
+themselves are pure functions in this package.
+
+Each evaluation runs the simulator on a fixed sample set; a `PrefixCache` keeps the activations the
+evaluations share (everything before the first layer that differs from the baseline), so phase 1 runs
+only the part of the network from each group onwards and phase 3 only the part from each plan's first
+quantized layer. `search(prefix_cache_bytes=0)` runs the whole network every time (same results).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class SearchConfig:
     cost: str = "latency"  # or "bops" (the reference implementation's cost)
     min_sqnr_db: Optional[float] = None  # phase 3: the fastest point whose output SQNR vs float is >= this
     max_drop_db: Optional[float] = None  # phase 3: allowed drop from a finite baseline quality (dB)
+    min_score: Optional[float] = None  # phase 3 with a task metric: the fastest point scoring >= this
+    max_score_drop: Optional[float] = None  # phase 3 with a task metric: allowed drop from the baseline's score
     latency_budget_ms: Optional[float] = None  # phase 3 dual: best quality within this latency
     selection: str = "binary"  # binary | interpolation | brute
 
@@ -60,6 +69,7 @@ class SearchResult:
     reference_points: dict = field(default_factory=dict)  # homogeneous and BOPs-chosen configs, same tables
     analysis: dict = field(default_factory=dict)  # front orders compared, greedy vs exact, predicted vs evaluated
     baseline_quality_db: float = float("inf")  # held-out SQNR of the baseline (inf when it is float)
+    metric: Optional[dict] = None  # the task metric phase 3 selected by (None: output SQNR)
 
 
 def group_candidates(graph, profile, baseline: str) -> dict[str, tuple[str, ...]]:
@@ -92,29 +102,40 @@ def default_cache_dir() -> Path:
 
 
 def sensitivity_table(sim, graph, candidates, stats, samples, y_float, *, baseline: str, range_method: str,
-                      cache_path: Optional[Path] = None, progress=lambda done, total, what: None) -> SensitivityTable:
-    """Phase 1: output SQNR with one group at one candidate, the rest at the baseline."""
+                      cache_path: Optional[Path] = None, progress=lambda done, total, what: None,
+                      prefix_cache_bytes: int = 1 << 30) -> SensitivityTable:
+    """Phase 1: output SQNR with one group at one candidate, the rest at the baseline.
+
+    Groups are scored in execution order of their first layer, each from the baseline's activations
+    at that layer (kept in a `PrefixCache` of at most `prefix_cache_bytes`; 0: whole network each time).
+    """
+    from ..simulate import PrefixCache
+
     done: dict = {}
     if cache_path is not None and cache_path.exists():
         try:
             done = {tuple(k.split("\t")): v for k, v in json.loads(cache_path.read_text())["sqnr_db"].items()}
         except (ValueError, KeyError):
             done = {}  # a damaged cache is recomputed, never trusted
-    todo = [(g.name, c) for g in graph.groups for c in candidates[g.name] if c != baseline]
+    members_of = {g.name: g.layers for g in graph.groups}
+    first = {g: min(sim.positions[n] for n in members) for g, members in members_of.items()}
+    todo = sorted(((g.name, c) for g in graph.groups for c in candidates[g.name] if c != baseline),
+                  key=lambda gc: first[gc[0]])
     base = get_candidate(baseline)
+    encode = _encoding_cache(stats, range_method)
+    base_layers, base_enc = {}, {}
+    if base.name != "FP32":
+        base_layers = {n: base for n in graph.layers}
+        base_enc = {n: encode(n, base) for n in graph.layers}
+    cache = PrefixCache(sim, samples, (base_layers, base_enc), max_bytes=prefix_cache_bytes)
     for i, (group, cand) in enumerate(todo):
         if (group, cand) in done:
             continue
         progress(i, len(todo), f"{group} @ {cand}")
         c = get_candidate(cand)
-        members = next(g.layers for g in graph.groups if g.name == group)
-        layers = {n: c for n in members}
-        encodings = {n: _encodings(stats[n], c, range_method) for n in members}
-        if base.name != "FP32":
-            layers = {**{n: base for n in graph.layers}, **layers}
-            encodings = {**{n: _encodings(stats[n], base, range_method) for n in graph.layers}, **encodings}
-        sim.configure(layers, encodings)
-        y = sim.run(samples)
+        layers = {**base_layers, **{n: c for n in members_of[group]}}
+        encodings = {**base_enc, **{n: encode(n, c) for n in members_of[group]}}
+        y = cache.run(layers, encodings) if prefix_cache_bytes > 0 else _full_run(sim, layers, encodings, samples)
         if not np.isfinite(y).all():
             raise ValueError(f"phase 1: {group} at {cand} produced NaN or Inf in the model output")
         done[(group, cand)] = sqnr_db(y_float, y)
@@ -126,6 +147,24 @@ def sensitivity_table(sim, graph, candidates, stats, samples, y_float, *, baseli
     for g in graph.groups:
         values[(g.name, baseline)] = float("inf")
     return SensitivityTable(baseline, tuple(g.name for g in graph.groups), dict(candidates), values)
+
+
+def _full_run(sim, layers, encodings, samples) -> np.ndarray:
+    sim.configure(layers, encodings)
+    return sim.run(samples)
+
+
+def _encoding_cache(stats, method: str) -> Callable:
+    """(layer, candidate) → its activation encodings, each computed once (the range methods can be slow)."""
+    memo: dict = {}
+
+    def encode(name: str, cand) -> tuple:
+        key = (name, cand.name)
+        if key not in memo:
+            memo[key] = _encodings(stats[name], cand, method)
+        return memo[key]
+
+    return encode
 
 
 def _encodings(stats_for_layer, cand, method):
@@ -143,9 +182,16 @@ def _write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def make_evaluator(sim, graph, stats, samples, y_float, range_method: str) -> Callable[[dict], float]:
-    """config {group: candidate} → output SQNR (dB) on `samples`, via the simulator."""
+def make_evaluator(sim, graph, stats, samples, y_float, range_method: str, *, score=None,
+                   prefix_cache_bytes: int = 1 << 30) -> Callable[[dict], float]:
+    """config {group: candidate} → quality on `samples` via the simulator: output SQNR (dB) against
+    `y_float`, or `score(outputs)` when given (higher is better). Runs resume from the float model's
+    activations before the config's first quantized layer (`PrefixCache`; 0 bytes: whole network)."""
+    from ..simulate import PrefixCache
+
     group_members = {g.name: g.layers for g in graph.groups}
+    encode = _encoding_cache(stats, range_method)
+    cache = PrefixCache(sim, samples, max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
 
     def evaluate(config) -> float:
         layers, encodings = {}, {}
@@ -153,13 +199,12 @@ def make_evaluator(sim, graph, stats, samples, y_float, range_method: str) -> Ca
             c = get_candidate(cand)
             for n in group_members[group]:
                 layers[n] = c
-                encodings[n] = _encodings(stats[n], c, range_method)
-        sim.configure(layers, encodings)
-        y = sim.run(samples)
+                encodings[n] = encode(n, c)
+        y = cache.run(layers, encodings) if cache is not None else _full_run(sim, layers, encodings, samples)
         sim.reset()
         if not np.isfinite(y).all():
             return float("-inf")
-        return sqnr_db(y_float, y)
+        return float(score(y)) if score is not None else sqnr_db(y_float, y)
 
     return evaluate
 
@@ -177,8 +222,17 @@ def config_to_plan(config, graph, stats, range_method: str, profile, model_name:
 
 def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None, store_path=None,
            cache_dir: Optional[Path] = None, log: Callable[[str], None] = lambda m: None,
-           progress=lambda done, total, what: None) -> SearchResult:
-    """Phases 1–3 for `model` on `hw`; `calibration`: list of input tuples (default: the model's bundled set)."""
+           progress=lambda done, total, what: None, metric=None,
+           prefix_cache_bytes: int = 1 << 30) -> SearchResult:
+    """Phases 1–3 for `model` on `hw`; `calibration`: list of input tuples (default: the model's bundled set).
+
+    `metric`: what phase 3 selects by. None or "sqnr": output SQNR vs the float model on the held-out
+    samples (targets `min_sqnr_db` / `max_drop_db`); "labeled": the model's built-in labeled evaluator
+    (`tvm_mpq.metrics.labeled_metric`); a `tvm_mpq.metrics.Metric` (a labeled set); or a callable
+    outputs → score (higher is better) of the outputs on the held-out samples. With a metric the targets
+    are `min_score` / `max_score_drop` (or a latency budget). Phase 1 always scores output SQNR.
+    `prefix_cache_bytes`: memory for the activations evaluations share (0: run the whole network each time).
+    """
     from ..frontend import import_model
     from ..hardware import load_profile
     from ..latency import load_latency_table
@@ -188,14 +242,25 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     from .select import CachedEvaluator, check_monotonic, evaluate_curve, select_within_budget, select_within_drop
     from .tables import bops_cost_table, latency_cost_table
 
-    targets = [t for t in (config.min_sqnr_db, config.max_drop_db, config.latency_budget_ms) if t is not None]
+    from ..metrics import as_metric
+
+    targets = [t for t in (config.min_sqnr_db, config.max_drop_db, config.min_score, config.max_score_drop,
+                           config.latency_budget_ms) if t is not None]
     if len(targets) > 1:
-        raise ValueError("give one of: a minimum SQNR, an allowed quality drop, a latency budget")
-    if config.max_drop_db is not None and config.max_drop_db < 0:
-        raise ValueError(f"the allowed drop must be >= 0 dB, got {config.max_drop_db}")
+        raise ValueError("give one of: a minimum SQNR or score, an allowed quality drop, a latency budget")
+    for drop in (config.max_drop_db, config.max_score_drop):
+        if drop is not None and drop < 0:
+            raise ValueError(f"the allowed drop must be >= 0, got {drop}")
     timings, notes = {}, []
     t0 = time.perf_counter()
     spec = load_model(model) if isinstance(model, str) else model
+    task = as_metric(metric, spec)
+    if task is None and (config.min_score is not None or config.max_score_drop is not None):
+        raise ValueError("min_score / max_score_drop need a task metric (metric='labeled', a Metric or a callable); "
+                         "with output SQNR give min_sqnr_db / max_drop_db")
+    if task is not None and (config.min_sqnr_db is not None or config.max_drop_db is not None):
+        raise ValueError(f"phase 3 selects by the metric {task.name!r}: give min_score / max_score_drop "
+                         "(in its unit), not an SQNR target")
     profile = load_profile(hw) if isinstance(hw, str) else hw
     imported = import_model(spec.module, spec.example_inputs, name=spec.name,
                             unified_input_ops=profile.constraints.unified_input_ops)
@@ -220,7 +285,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     cache_path = (cache_dir or default_cache_dir()) / f"{spec.name}-{key}.json"
     t = time.perf_counter()
     sens = sensitivity_table(sim, graph, candidates, stats, scored, y_scored, baseline=config.baseline,
-                             range_method=config.range_method, cache_path=cache_path, progress=progress)
+                             range_method=config.range_method, cache_path=cache_path, progress=progress,
+                             prefix_cache_bytes=prefix_cache_bytes)
     timings["phase1_s"] = time.perf_counter() - t
     log(f"phase 1: {len(sens.sqnr_db) - len(graph.groups)} (group, candidate) scores in {timings['phase1_s']:.1f} s")
 
@@ -238,14 +304,22 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     timings["phase2_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    evaluate = CachedEvaluator(make_evaluator(sim, graph, stats, held_out, y_held, config.range_method))
+    if task is None:
+        evaluate = CachedEvaluator(make_evaluator(sim, graph, stats, held_out, y_held, config.range_method,
+                                                  prefix_cache_bytes=prefix_cache_bytes))
+    else:
+        inputs = held_out if task.inputs is None else list(task.inputs)
+        _check_calibration(inputs, spec.example_inputs, len(inputs))
+        evaluate = CachedEvaluator(make_evaluator(sim, graph, stats, inputs, None, config.range_method,
+                                                  score=task.score, prefix_cache_bytes=prefix_cache_bytes))
     baseline_quality = evaluate(front[0].config)
     selection = None
     if config.max_drop_db is not None and not np.isfinite(baseline_quality):
         raise ValueError(f"the {config.baseline} baseline is the float model itself: its output SQNR is infinite, "
                          "so a drop from it is undefined. Give a minimum SQNR instead (--min-sqnr, e.g. 30)")
-    target = config.min_sqnr_db if config.min_sqnr_db is not None else (
-        baseline_quality - config.max_drop_db if config.max_drop_db is not None else None)
+    minimum = config.min_sqnr_db if task is None else config.min_score
+    drop = config.max_drop_db if task is None else config.max_score_drop
+    target = minimum if minimum is not None else (baseline_quality - drop if drop is not None else None)
     if target is not None:
         selection = select_within_drop(front, evaluate, target, 0.0, config.selection)
     elif config.latency_budget_ms is not None:
@@ -263,28 +337,30 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     plan = config_to_plan(chosen.config, graph, stats, config.range_method, profile, spec.name)
 
     # Reference points on the same tables: homogeneous precisions, and what BOPs as the cost would choose.
+    key = "sqnr_db" if task is None else "score"
     references = {}
     for name in ("W8A8", "W4A8"):
         cfg = {}
         for g, cands in candidates.items():
             alt = "W8A8" if name == "W4A8" else config.baseline
             cfg[g] = name if name in cands else (alt if alt in cands else config.baseline)
-        references[name] = {"config": cfg, "cost": cost.config_cost(cfg), "sqnr_db": evaluate(cfg)}
-    references[config.baseline] = {"config": dict(front[0].config), "cost": front[0].cost,
-                                   "sqnr_db": baseline_quality}
+        references[name] = {"config": cfg, "cost": cost.config_cost(cfg), key: evaluate(cfg)}
+    references[config.baseline] = {"config": dict(front[0].config), "cost": front[0].cost, key: baseline_quality}
     if config.cost == "latency" and target is not None:
         macs = {g.name: sum(graph.layers[n].macs for n in g.layers) for g in graph.groups}
         bops_front = pareto_front(sens, bops_cost_table(macs, candidates), "sensitivity")
         bops_pick = select_within_drop(bops_front, evaluate, target, 0.0, config.selection)
         references["BOPs-chosen"] = {"config": dict(bops_pick.point.config),
                                      "cost": cost.config_cost(bops_pick.point.config),
-                                     "sqnr_db": evaluate(bops_pick.point.config), "met": bops_pick.met}
+                                     key: evaluate(bops_pick.point.config), "met": bops_pick.met}
     timings["phase3_s"] = time.perf_counter() - t
-    analysis = _analysis(sens, cost, front, curve, config.order)
+    analysis = _analysis(sens, cost, front, curve, config.order) if task is None else _analysis(
+        sens, cost, front, [], config.order)  # predicted SQNR and a task score are not comparable
     timings["total_s"] = time.perf_counter() - t0
     return SearchResult(plan, curve, selection, sens, cost, {g.name: list(g.layers) for g in graph.groups},
                         timings, notes, latency_table=table, reference_points=references,
-                        baseline_quality_db=baseline_quality, analysis=analysis)
+                        baseline_quality_db=baseline_quality if task is None else float("nan"), analysis=analysis,
+                        metric=None if task is None else {**task.to_dict(), "baseline_score": baseline_quality})
 
 
 def _analysis(sens, cost, front, curve, order: str) -> dict:
