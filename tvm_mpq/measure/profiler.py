@@ -44,6 +44,10 @@ def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0, tuni
     mod, inputs = build_task_module(task)
     if tuning_trials > 0:
         executable = _tuned_compile(mod, target, tuning_trials, tuning_dir or workdir / "tuning")
+    elif target.kind.name == "cuda":  # GPU schedules: tvm_mpq/kernels/cuda_schedule.py
+        from ..kernels.cuda_schedule import compile_relax
+
+        executable = compile_relax(mod, target)
     else:
         executable = tvm.compile(mod, target=target)
     path = workdir / f"task_{abs(hash((task.kind, task.workload, task.candidate))):x}.so"

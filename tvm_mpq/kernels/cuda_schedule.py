@@ -1,0 +1,227 @@
+"""GPU scheduling and cross-compilation of the CUDA target.
+
+The TE kernels that `emit_layer` produces (`kernels/quantized.py`) carry no schedule; on a CUDA target
+every PrimFunc is scheduled here at build time with dlight rules, tried in order:
+
+1. `IntegerMatmul` (ours): a matmul-like reduction with integer operands and an integer accumulator
+   (`qdense`, `qbatch_matmul`, `qconv2d_nchw` as an implicit GEMM; W8A8 and W4A16). It is dlight's
+   `Matmul` SIMT schedule (shared-memory tiles, a register micro-tile per thread) with the tensor-core
+   path switched off: dlight's int8 tensor-core path fails on int8 x int8 -> int32 in TVM 0.27, and the
+   kernels here subtract the activation zero point inside the reduction, which no MMA intrinsic matches.
+2. dlight's defaults as TVM's CUDA pipeline uses them: `Matmul` (fp16 tensor cores for FP16 layers),
+   `GEMV`, `Reduction`, `GeneralReduction`, `Fallback` (depthwise convolutions, elementwise ops).
+
+The pipeline is TVM's own CUDA pipeline (`tvm.relax.backend.cuda.pipeline`) with that rule list.
+
+Cross-compilation: TVM 0.27 stores a CUDA module as CUDA C source when the compiling host has no CUDA
+driver, and the receiving runtime compiles it when the library is loaded (through the global function
+`tvm_callback_cuda_compile`). `cross_compile_kernels` compiles those sources here with nvcc into fatbins
+named by the SHA-256 of the source; `register_kernel_dir` (and the standalone copy of it in
+`scripts/device/measure.py`) answers the runtime's compile callback from that folder, so the device
+runs the kernels compiled here and needs neither nvcc nor NVRTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Optional
+
+__all__ = [
+    "IntegerMatmul",
+    "schedule_rules",
+    "gpu_pipeline",
+    "compile_relax",
+    "is_gpu_target",
+    "cuda_sources",
+    "kernel_key",
+    "cross_compile_kernels",
+    "register_kernel_dir",
+]
+
+KERNEL_SUFFIX = ".fatbin"
+
+
+def is_gpu_target(target) -> bool:
+    return target is not None and target.kind.name == "cuda"
+
+
+def _integer(dtype: str) -> bool:
+    return dtype.startswith("int") or dtype.startswith("uint")
+
+
+def _rules():
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
+    from tvm.target import Target
+
+    class IntegerMatmul(dl.gpu.Matmul):
+        """dlight's `Matmul` SIMT schedule for integer matmul-like reductions, tensor cores off."""
+
+        def apply(self, func, target, tunable):
+            from tvm import s_tir, tirx
+
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            sch = s_tir.Schedule(func)
+            blocks = get_reduction_blocks(sch, sch.get_child_blocks(_root(sch)))
+            if not blocks:
+                return None
+            stmt = sch.get(blocks[0])
+            if not stmt.writes or not _integer(str(stmt.writes[0].source.dtype)):
+                return None
+            if not any(_integer(str(r.source.dtype)) for r in stmt.reads) or get_index_map(stmt) is None:
+                return None
+            # Below sm_70 dlight's Matmul never tries tensor cores; the tile configuration is the same.
+            simt = Target({**dict(target.export()), "arch": "sm_61"})
+            return super().apply(func, simt, tunable)
+
+    return IntegerMatmul, [
+        IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        dl.gpu.Fallback(),
+    ]
+
+
+def _root(sch):
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    return get_root_block(sch)
+
+
+def schedule_rules() -> list:
+    """The rule list, in order of preference."""
+    return _rules()[1]
+
+
+def _apply_schedule(log: Optional[dict]):
+    """dlight's ApplyDefaultSchedule with `schedule_rules()`; `log` gets {PrimFunc name: rule name}."""
+    import tvm
+    from tvm import tirx
+
+    rules = schedule_rules()
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmMpqApplyGpuSchedule")
+    def _apply(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=False)
+        updated = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
+                continue
+            for rule in rules:
+                sch = rule.apply(func, target, False)
+                if sch is not None:
+                    updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    if log is not None:
+                        log[gvar.name_hint] = type(rule).__name__
+                    break
+        for gvar, func in updated.items():
+            mod[gvar] = func
+        return mod
+
+    return _apply
+
+
+def IntegerMatmul():  # noqa: N802 - a rule factory named like the rule
+    """A new `IntegerMatmul` rule (the class is built on first use: dlight imports slowly)."""
+    cls, _ = _rules()
+    return cls()
+
+
+def gpu_pipeline(target, log: Optional[dict] = None):
+    """TVM's CUDA Relax pipeline with this module's schedule rules."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    legalize = [
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), _apply_schedule(log),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmMpqCudaPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cuda.library_dispatch_passes(target) + legalize + cuda.dataflow_lower_passes(target)
+                + cuda.finalize_passes(target))(mod)
+
+    return _pipeline
+
+
+def compile_relax(mod, target, log: Optional[dict] = None):
+    """`tvm.compile` for a CUDA target with the GPU schedule; returns the Relax executable."""
+    import tvm
+
+    return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target, log))
+
+
+# ---------------------------------------------------------------------- cross-compilation
+
+
+def _modules(mod) -> Iterable:
+    yield mod
+    for sub in mod.imports:
+        yield from _modules(sub)
+
+
+def cuda_sources(executable_or_module) -> list[str]:
+    """The CUDA C source of every CUDA module inside a compiled executable (or runtime module)."""
+    mod = getattr(executable_or_module, "mod", executable_or_module)
+    return [m.inspect_source("cuda") for m in _modules(mod) if m.kind == "cuda"]
+
+
+def kernel_key(source) -> str:
+    """The name of a CUDA source's compiled kernels: SHA-256 of its UTF-8 text."""
+    data = source.encode("utf-8") if isinstance(source, str) else bytes(source)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _arch(target) -> str:
+    arch = str(target.attrs.get("arch", "")) if target is not None else ""
+    if not arch.startswith("sm_"):
+        raise ValueError(f"CUDA target {target} has no 'arch' such as sm_90; the profile must name one")
+    return arch[3:]
+
+
+def cross_compile_kernels(executable, target, kernel_dir) -> list[str]:
+    """Compile the executable's CUDA sources with nvcc into `kernel_dir/<sha256>.fatbin` (SASS for the
+    target's arch plus its PTX); returns the keys. A kernel already in the folder is not recompiled."""
+    from tvm.support import nvcc
+
+    kernel_dir = Path(kernel_dir)
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    sm = _arch(target)
+    arch = ["-gencode", f"arch=compute_{sm},code=sm_{sm}", "-gencode", f"arch=compute_{sm},code=compute_{sm}"]
+    keys = []
+    for source in cuda_sources(executable):
+        key = kernel_key(source)
+        path = kernel_dir / f"{key}{KERNEL_SUFFIX}"
+        if not path.exists():
+            with target:  # nvcc's wrapper reads the compute version from the current target
+                binary = nvcc.compile_cuda(source, target_format="fatbin", arch=arch, compiler="nvcc")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(bytes(binary))
+            tmp.replace(path)
+        keys.append(key)
+    return keys
+
+
+def register_kernel_dir(kernel_dir, *, jit_fallback: bool = False) -> None:
+    """Answer the runtime's `tvm_callback_cuda_compile` from `kernel_dir` (for loading on the GPU host).
+    With `jit_fallback`, a source without a compiled kernel there is compiled by TVM's nvcc/NVRTC wrapper."""
+    import tvm_ffi
+
+    kernel_dir = Path(kernel_dir)
+
+    def compile_from_dir(code):
+        path = kernel_dir / f"{kernel_key(code)}{KERNEL_SUFFIX}"
+        if path.exists():
+            return bytearray(path.read_bytes())
+        if jit_fallback:
+            from tvm.support import nvcc
+
+            return nvcc.tvm_callback_cuda_compile(code)
+        raise RuntimeError(f"no cross-compiled kernel {path.name} in {kernel_dir} for a CUDA module being loaded; "
+                           "prepare the library with tvm_mpq.kernels.cuda_schedule.cross_compile_kernels")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_from_dir, override=True)
