@@ -1,6 +1,7 @@
 """What a user would otherwise pick, measured on one model: PyTorch eager fp32, ONNX Runtime fp32,
 ONNX Runtime static int8 (QDQ, per-channel s8 weights, u8 activations, MinMax calibration on the
-project's calibration samples) and, for transformers, ONNX Runtime dynamic int8.
+project's calibration samples), the same with `reduce_range` (7-bit weights: ONNX Runtime's advice for
+AVX2 CPUs without VNNI, whose u8 x s8 kernels saturate) and, for transformers, ONNX Runtime dynamic int8.
 
 Every executor runs with `THREADS` intra-op threads and is timed at each batch size (`warmup` untimed
 calls, then `repeat` timed calls: median, IQR, min, max); its outputs on the held-out samples (run one
@@ -29,8 +30,8 @@ if str(ROOT) not in sys.path:
 from benchmarks import ort  # noqa: E402
 from benchmarks.timing import THREADS, set_torch_threads, time_callable  # noqa: E402
 
-TORCH_FP32, ORT_FP32, ORT_STATIC_INT8, ORT_DYNAMIC_INT8 = (
-    "PyTorch fp32", "ORT fp32", "ORT static int8", "ORT dynamic int8")
+TORCH_FP32, ORT_FP32, ORT_STATIC_INT8, ORT_STATIC_INT8_RR, ORT_DYNAMIC_INT8 = (
+    "PyTorch fp32", "ORT fp32", "ORT static int8", "ORT static int8 reduce_range", "ORT dynamic int8")
 # ONNX Runtime's dynamic int8 is the usual choice for transformers (and poor for convolutions).
 DYNAMIC_INT8_MODELS = frozenset({"minilm_l6", "tiny_transformer"})
 # Samples per model (calibration, held-out), as benchmarks/search_models.py splits them: the first
@@ -102,8 +103,10 @@ def baseline_executors(spec, calibration: Sequence[Sequence], workdir, dynamic_i
     set_torch_threads(threads)
     fp32 = ort.export_onnx(spec.module, spec.example_inputs, workdir / f"{_slug(spec.name)}_fp32.onnx")
     static = ort.quantize_static_qdq(fp32, workdir / f"{_slug(spec.name)}_static_int8.onnx", calibration)
+    static_rr = ort.quantize_static_qdq(fp32, workdir / f"{_slug(spec.name)}_static_int8_rr.onnx", calibration,
+                                        reduce_range=True)
     executors = {TORCH_FP32: TorchExecutor(spec.module), ORT_FP32: OrtExecutor(fp32, threads),
-                 ORT_STATIC_INT8: OrtExecutor(static, threads)}
+                 ORT_STATIC_INT8: OrtExecutor(static, threads), ORT_STATIC_INT8_RR: OrtExecutor(static_rr, threads)}
     if dynamic_int8 if dynamic_int8 is not None else spec.name in DYNAMIC_INT8_MODELS:
         dynamic = ort.quantize_dynamic_int8(fp32, workdir / f"{_slug(spec.name)}_dynamic_int8.onnx")
         executors[ORT_DYNAMIC_INT8] = OrtExecutor(dynamic, threads)

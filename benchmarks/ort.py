@@ -6,6 +6,9 @@ own tools, and run it on the CPU with a fixed number of threads.
 - `quantize_static_qdq`: ONNX Runtime static int8 as its documentation prescribes — pre-processing
   (`quant_pre_process`: shape inference and graph optimization), then QDQ format, per-channel weights,
   uint8 activations, int8 weights, MinMax calibration on the samples given (the project's calibration samples).
+  On AVX2 without VNNI ONNX Runtime's u8 x s8 kernels (`vpmaddubsw`) saturate int16 sums of two products,
+  which costs accuracy wherever activations and weights are both large; its documentation's remedy is
+  `reduce_range=True` (7-bit weights), offered here as an option.
 - `quantize_dynamic_int8`: ONNX Runtime dynamic int8 (int8 weights, activations quantized at run time);
   the usual choice for transformers.
 - `session`: an `InferenceSession` on the CPU provider with `threads` intra-op threads, one inter-op thread,
@@ -90,8 +93,9 @@ def preprocess(fp32_path, out_path) -> Path:
     return out_path
 
 
-def quantize_static_qdq(fp32_path, out_path, calibration: Sequence[Sequence]) -> Path:
-    """Static int8 (QDQ, per-channel s8 weights, u8 activations, MinMax) calibrated on `calibration`."""
+def quantize_static_qdq(fp32_path, out_path, calibration: Sequence[Sequence], reduce_range: bool = False) -> Path:
+    """Static int8 (QDQ, per-channel s8 weights, u8 activations, MinMax) calibrated on `calibration`;
+    `reduce_range`: weights in 7 bits (no int16 saturation in AVX2's u8 x s8 kernels)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -103,7 +107,7 @@ def quantize_static_qdq(fp32_path, out_path, calibration: Sequence[Sequence]) ->
     with _quiet_quantizer():
         quantize_static(str(prepared), str(out_path), _Samples(names, calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
     return out_path
 
 
