@@ -127,14 +127,70 @@ def IntegerMatmul():  # noqa: N802 - a rule factory named like the rule
     return cls()
 
 
-def gpu_pipeline(target, log: Optional[dict] = None):
-    """TVM's CUDA Relax pipeline with this module's schedule rules."""
+def lift_constants(params: list, min_elements: int = 4096):
+    """A pass that turns every constant of `main` with at least `min_elements` elements (weights) into a
+    parameter appended after the inputs, and appends (shape, dtype) of each to `params`.
+
+    Used for libraries that are only timed: the weights then travel as shapes, not bytes (a timed call
+    reads them from device memory either way), which keeps a whole model's library small enough to carry.
+    It runs after FoldConstant, so what is lifted is the weight as the kernels read it (transposed, packed).
+    """
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Lifter(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.new_params = []
+
+        def _lift(self, const):
+            shape = [int(v) for v in const.value.shape]
+            if int(np.prod(shape, dtype=np.int64)) < min_elements:
+                return const
+            dtype = str(const.value.dtype)
+            var = relax.Var(f"weight{len(self.new_params)}", relax.TensorType(shape, dtype))
+            self.new_params.append(var)
+            params.append((shape, dtype))
+            return var
+
+        def _arg(self, arg):
+            if isinstance(arg, GenericConst):
+                return self._lift(arg)
+            if isinstance(arg, relax.Tuple):
+                return relax.Tuple([self._arg(f) for f in arg.fields])
+            return self.visit_expr(arg)
+
+        def visit_call_(self, call):
+            return relax.Call(call.op, [self._arg(a) for a in call.args], call.attrs, call.ty_args)
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmMpqLiftConstants")
+    def _pass(mod, _ctx):
+        func = mod["main"]
+        lifter = _Lifter(mod)
+        body = lifter.visit_expr(func.body)
+        new = relax.Function(list(func.params) + lifter.new_params, body, func.ret_ty if hasattr(func, "ret_ty")
+                             else None, func.is_pure, func.attrs)
+        mod = mod.copy() if hasattr(mod, "copy") else mod
+        mod["main"] = new
+        return mod
+
+    return _pass
+
+
+def gpu_pipeline(target, log: Optional[dict] = None, lifted: Optional[list] = None):
+    """TVM's CUDA Relax pipeline with this module's schedule rules; with `lifted` (a list), weights become
+    parameters (see `lift_constants`) and their (shape, dtype) are appended to it."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
 
     legalize = [
         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        *([lift_constants(lifted)] if lifted is not None else []),
         relax.transform.FuseOps(), relax.transform.FuseTIR(), _apply_schedule(log),
     ]
 
@@ -148,11 +204,12 @@ def gpu_pipeline(target, log: Optional[dict] = None):
     return _pipeline
 
 
-def compile_relax(mod, target, log: Optional[dict] = None):
-    """`tvm.compile` for a CUDA target with the GPU schedule; returns the Relax executable."""
+def compile_relax(mod, target, log: Optional[dict] = None, lifted: Optional[list] = None):
+    """`tvm.compile` for a CUDA target with the GPU schedule; returns the Relax executable.
+    `log` gets {PrimFunc: schedule rule}; `lifted` see `gpu_pipeline`."""
     import tvm
 
-    return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target, log))
+    return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target, log, lifted))
 
 
 # ---------------------------------------------------------------------- cross-compilation
