@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Cross-compile, on this host, everything a GPU session times: every measurement task of the profile for
+the given models (`tvm_mpq.measure.tasks.model_tasks` / `build_task_module`, the profiler's own task
+list) and each whole model at FP16, W8A8 and a mixed plan. Writes a folder for `measure.py`:
+
+    DIR/manifest.json       profile, target, timing settings, one entry per task and per model
+    DIR/tasks/<id>.so       one exported library per task (weights lifted to parameters: shapes only)
+    DIR/models/<m>.<p>.so   one per model and plan, its example inputs in DIR/models/<m>.<p>.input<i>.npy
+    DIR/kernels/<sha>.fatbin  the CUDA kernels of every library, compiled here with nvcc
+
+Resumable: a task or model whose library and entry (`<lib>.json`) exist is not rebuilt.
+
+    nice -n 15 .venv/bin/python scripts/device/prepare.py out/gpu/prepared \\
+        --models efficientnet_lite0 minilm_l6 --hw cuda_sm90
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST_FORMAT = "tvm_mpq_device_bundle"
+MANIFEST_VERSION = 1
+PLANS = ("fp16", "w8a8", "mixed")
+
+
+def task_id(task) -> str:
+    return hashlib.sha256(f"{task.kind}\0{task.workload}\0{task.candidate}".encode()).hexdigest()[:20]
+
+
+def _specs(arrays) -> list[dict]:
+    return [{"shape": [int(v) for v in a.shape], "dtype": str(a.dtype)} for a in arrays]
+
+
+def compile_for(mod, target, kernel_dir: Path):
+    """(executable, {"weights", "kernels", "schedule"}) for `mod` on `target`. CUDA: the GPU schedule,
+    weights lifted to parameters, kernels cross-compiled with nvcc. Other targets: TVM's default build."""
+    import tvm
+
+    if target.kind.name == "cuda":
+        from tvm_mpq.kernels import cuda_schedule
+
+        log, lifted = {}, []
+        executable = cuda_schedule.compile_relax(mod, target, log, lifted)
+        keys = cuda_schedule.cross_compile_kernels(executable, target, kernel_dir)
+        return executable, {"weights": [{"shape": s, "dtype": d} for s, d in lifted], "kernels": keys,
+                            "schedule": log}
+    return tvm.compile(mod, target=target), {"weights": [], "kernels": [], "schedule": {}}
+
+
+def _export(executable, path: Path) -> None:
+    from tvm_mpq.build import _quiet_native_stderr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.so")
+    with _quiet_native_stderr():
+        executable.export_library(str(tmp))
+    tmp.replace(path)
+
+
+def _cached(entry_path: Path, lib: Path):
+    if entry_path.exists() and lib.exists():
+        return json.loads(entry_path.read_text())
+    return None
+
+
+def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tuple[list, list]:
+    """Compile and export each task; returns (entries, failures)."""
+    from tvm_mpq.measure.tasks import build_task_module
+
+    entries, failed = [], []
+    for i, task in enumerate(tasks):
+        tid = task_id(task)
+        lib = out / "tasks" / f"{tid}.so"
+        entry_path = lib.with_suffix(".json")
+        entry = _cached(entry_path, lib)
+        if entry is None:
+            start = time.perf_counter()
+            try:
+                mod, inputs = build_task_module(task)
+                executable, extra = compile_for(mod, target, out / "kernels")
+                _export(executable, lib)
+            except Exception as err:  # one task must not stop the others; it is listed
+                failed.append({"id": tid, "task": task.describe(), "error": f"{type(err).__name__}: {err}"[:2000]})
+                log(f"[{i + 1}/{len(tasks)}] FAILED {task.describe()}: {type(err).__name__}")
+                continue
+            entry = {"id": tid, "kind": task.kind, "workload": task.workload, "candidate": task.candidate,
+                     "op": task.op, "macs": task.macs, "describe": task.describe(),
+                     "library": str(lib.relative_to(out)), "inputs": _specs(inputs), **extra,
+                     "compile_s": round(time.perf_counter() - start, 3)}
+            entry_path.write_text(json.dumps(entry))
+            log(f"[{i + 1}/{len(tasks)}] {task.describe()} ({entry['compile_s']:.1f} s)")
+        entry["models"] = sorted(models_of.get((task.kind, task.workload, task.candidate), ())) if models_of else []
+        entries.append(entry)
+    return entries, failed
+
+
+def mixed_plan_layers(graph, profile) -> dict[str, str]:
+    """A hand-written mixed plan, per quantizer group: FP16 for groups holding the first or last layer, a
+    depthwise conv or an activation x activation matmul; W4A16 for groups of batch-1 linear layers (GEMV:
+    memory-bound, where 4-bit weights pay); W8A8 for the rest. A choice the profile lacks becomes FP16."""
+    names = list(graph.layers)
+    ends = {names[0], names[-1]}
+    layers = {}
+    for group in graph.groups:
+        members = [graph.layers[n] for n in group.layers]
+        if ends & set(group.layers) or any(
+                m.op_type == "matmul" or (m.op_type == "conv2d" and m.workload.groups > 1) for m in members):
+            choice = "FP16"
+        elif all(m.op_type == "linear" and int(np.prod(m.workload.input_shape[:-1])) == 1 for m in members):
+            choice = "W4A16"
+        else:
+            choice = "W8A8"
+        if not all(profile.supports(m.op_type, choice) for m in members):
+            choice = "FP16"
+        layers.update({n: choice for n in group.layers})
+    for name in names:  # layers in no group keep their own choice rule
+        layers.setdefault(name, "FP16")
+    return layers
+
+
+def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, log=print) -> tuple[list, list]:
+    """Compile `spec` at each plan; returns (entries, failures)."""
+    from tvm_mpq.build import lower
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.pipeline import make_plan
+    from tvm_mpq.plan import Plan
+    from tvm_mpq.simulate import Simulator
+
+    target = profile.tvm_target()
+    pending = []
+    for plan in plans:
+        lib = out / "models" / f"{spec.name}.{plan}.so"
+        entry = _cached(lib.with_suffix(".json"), lib)
+        if entry is None:
+            pending.append(plan)
+    entries, failed = [], []
+    imported = stats = None
+    if pending:
+        imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                                unified_input_ops=profile.constraints.unified_input_ops)
+        stats = Simulator(imported).calibrate(spec.calibration(calib_samples))
+    example = [t.detach().cpu().numpy() for t in spec.example_inputs]
+    for plan in plans:
+        lib = out / "models" / f"{spec.name}.{plan}.so"
+        entry = _cached(lib.with_suffix(".json"), lib)
+        if entry is None:
+            start = time.perf_counter()
+            try:
+                draft = Plan(mixed_plan_layers(imported.graph, profile)) if plan == "mixed" else plan
+                resolved = make_plan(draft, imported, profile, stats, "minmax", spec.name)
+                executable, extra = compile_for(lower(imported, resolved), target, out / "kernels")
+                _export(executable, lib)
+            except Exception as err:
+                failed.append({"model": spec.name, "plan": plan, "error": f"{type(err).__name__}: {err}"[:2000],
+                               "traceback": traceback.format_exc()[-3000:]})
+                log(f"model {spec.name} {plan}: FAILED {type(err).__name__}: {err}")
+                continue
+            inputs = []
+            for i, a in enumerate(example):
+                path = lib.with_name(f"{spec.name}.{plan}.input{i}.npy")
+                np.save(path, a, allow_pickle=False)
+                inputs.append({**_specs([a])[0], "file": str(path.relative_to(out))})
+            counts: dict[str, int] = {}
+            for c in resolved.layers.values():
+                counts[c] = counts.get(c, 0) + 1
+            entry = {"model": spec.name, "plan": plan, "library": str(lib.relative_to(out)), "inputs": inputs,
+                     **extra, "layers": dict(resolved.layers), "candidate_counts": counts,
+                     "compile_s": round(time.perf_counter() - start, 3)}
+            lib.with_suffix(".json").write_text(json.dumps(entry))
+            log(f"model {spec.name} {plan}: {counts} ({entry['compile_s']:.1f} s)")
+        entries.append(entry)
+    return entries, failed
+
+
+def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks: bool = True,
+            limit: int | None = None, calib_samples: int = 8, log=print) -> dict:
+    """Everything into `out`; returns the manifest (also written to out/manifest.json)."""
+    import tvm
+
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.measure.tasks import model_tasks
+    from tvm_mpq.models import load_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(hw)
+    target = profile.tvm_target()
+    specs = [load_model(n) for n in model_names]
+    all_tasks, models_of = [], {}
+    if tasks:
+        for spec in specs:
+            graph = import_model(spec.module, spec.example_inputs, name=spec.name,
+                                 unified_input_ops=profile.constraints.unified_input_ops).graph
+            for t in model_tasks(graph, profile):
+                key = (t.kind, t.workload, t.candidate)
+                if key not in models_of:
+                    all_tasks.append(t)
+                models_of.setdefault(key, set()).add(spec.name)
+        if limit is not None:
+            all_tasks = all_tasks[:limit]
+    log(f"{len(all_tasks)} tasks for {', '.join(model_names)} on {profile.name}")
+    task_entries, failed = prepare_tasks(all_tasks, target, out, models_of=models_of, log=log)
+    model_entries = []
+    for spec in specs:
+        if plans:
+            e, f = prepare_model(spec, profile, plans, out, calib_samples=calib_samples, log=log)
+            model_entries += e
+            failed += f
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "profile": profile.name,
+        "target": dict(profile.target), "device_type": "cuda" if target.kind.name == "cuda" else "cpu",
+        "measure": profile.measure.to_dict(), "tvm": tvm.__version__, "created_at": time.time(),
+        "tasks": task_entries, "models": model_entries, "failed": failed,
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")
+    return manifest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "minilm_l6"])
+    ap.add_argument("--hw", default="cuda_sm90")
+    ap.add_argument("--plans", nargs="*", default=list(PLANS), choices=PLANS)
+    ap.add_argument("--no-tasks", action="store_true", help="whole models only")
+    ap.add_argument("--limit", type=int, help="first N tasks only")
+    ap.add_argument("--calib-samples", type=int, default=8)
+    args = ap.parse_args(argv)
+    m = prepare(args.out, args.models, args.hw, tuple(args.plans), tasks=not args.no_tasks, limit=args.limit,
+                calib_samples=args.calib_samples, log=lambda s: print(s, flush=True))
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(json.dumps({"tasks": len(m["tasks"]), "models": len(m["models"]), "failed": m["failed"],
+                      "bytes": size}, indent=1))
+    return 1 if m["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
