@@ -105,7 +105,7 @@ def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tup
 def mixed_plan_layers(graph, profile) -> dict[str, str]:
     """A hand-written mixed plan, per quantizer group: FP16 for groups holding the first or last layer, a
     depthwise conv or an activation x activation matmul; W4A16 for groups of batch-1 linear layers (GEMV:
-    memory-bound, where 4-bit weights pay); W8A8 for the rest. A choice the profile lacks becomes FP16."""
+    memory-bound, where 4-bit weights pay); W8A8 for the rest. A choice the profile lacks becomes FP16, else FP32."""
     names = list(graph.layers)
     ends = {names[0], names[-1]}
     layers = {}
@@ -118,11 +118,13 @@ def mixed_plan_layers(graph, profile) -> dict[str, str]:
             choice = "W4A16"
         else:
             choice = "W8A8"
-        if not all(profile.supports(m.op_type, choice) for m in members):
-            choice = "FP16"
+        for fallback in ("FP16", "FP32"):
+            if all(profile.supports(m.op_type, choice) for m in members):
+                break
+            choice = fallback
         layers.update({n: choice for n in group.layers})
-    for name in names:  # layers in no group keep their own choice rule
-        layers.setdefault(name, "FP16")
+    for name in names:  # every layer is in a group; this only guards a graph without groups
+        layers.setdefault(name, "FP16" if profile.supports(graph.layers[name].op_type, "FP16") else "FP32")
     return layers
 
 

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Time a folder prepared by `prepare.py` on this machine: each task library and each whole model with TVM's
+`time_evaluator`, and PyTorch on the same workloads in the same run.
+
+Runs where TVM is not installed: only Python, numpy, (torch for the baselines) and the runtime bundle of
+`bundle_runtime.py` (`--bundle`, put first on sys.path; `TVM_USE_RUNTIME_LIB=1` is set here). The CUDA
+kernels were compiled by nvcc on the preparing host (`DIR/kernels/<sha256 of source>.fatbin`); this
+script answers the runtime's compile callback from that folder, so nothing is compiled here.
+
+Writes to `--out`:
+- `measurements.jsonl`: the measurement store's export format (`tvm_mpq.store`: a header line, then one
+  record per line), layer/convert tasks and whole models; `tvm-mpq store import` reads it. A record's
+  `meta.torch` holds the PyTorch timings of its workload (never the record's own times).
+- `models.json`: whole-model timings per model and plan (no whole-model PyTorch run: the float models are
+  not carried; the PyTorch baselines are per workload).
+- `results.json`: everything, including failures, skipped items and the run's settings.
+Each file is rewritten after every item, so a run stopped by its time limit keeps what it measured.
+
+    python3 scripts/device/measure.py out/gpu/prepared --bundle out/gpu/runtime --out $OUT --budget-s 420
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HEADER = {"tvm_mpq_measurements": 1}
+KERNEL_SUFFIX = ".fatbin"
+
+
+# ----------------------------------------------------------------------------- TVM runtime
+
+
+def kernel_key(source) -> str:
+    """SHA-256 of a CUDA source's UTF-8 text (as `tvm_mpq.kernels.cuda_schedule.kernel_key`)."""
+    data = source.encode("utf-8") if isinstance(source, str) else bytes(source)
+    return hashlib.sha256(data).hexdigest()
+
+
+def kernel_lookup(kernel_dir: Path):
+    """The compile callback: CUDA source → the fatbin cross-compiled for it."""
+    kernel_dir = Path(kernel_dir)
+
+    def compile_from_dir(code):
+        path = kernel_dir / f"{kernel_key(code)}{KERNEL_SUFFIX}"
+        if not path.exists():
+            raise RuntimeError(f"no cross-compiled kernel {path.name} in {kernel_dir}; rerun prepare.py")
+        return bytearray(path.read_bytes())
+
+    return compile_from_dir
+
+
+def _preload_cudart() -> None:
+    """libtvm_runtime_cuda needs libcudart.so.13: take the one already loaded (torch), else search."""
+    import ctypes
+    import glob
+
+    try:
+        import torch  # noqa: F401 - loads its CUDA libraries globally
+
+        if torch.cuda.is_available():
+            torch.cuda.init()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        ctypes.CDLL("libcudart.so.13", mode=ctypes.RTLD_GLOBAL)
+        return
+    except OSError:
+        pass
+    patterns = [os.path.join(p, "nvidia", "**", "libcudart.so.13") for p in sys.path if p]
+    patterns += ["/usr/local/cuda*/lib64/libcudart.so.13", "/usr/local/cuda*/lib/libcudart.so.13",
+                 "/usr/lib/x86_64-linux-gnu/libcudart.so.13"]
+    for pattern in patterns:
+        for path in glob.glob(pattern, recursive=True):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+
+
+def load_runtime(bundle: Path | None, device_type: str, kernel_dir: Path | None):
+    """Import tvm (runtime only) from `bundle`; for cuda also load the CUDA runtime module and register the
+    kernel folder as the compile callback. Returns the tvm module."""
+    if bundle is not None:
+        sys.path.insert(0, str(Path(bundle).resolve()))
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    if device_type == "cuda":
+        _preload_cudart()
+    import tvm
+    import tvm_ffi
+
+    if device_type == "cuda":
+        from tvm.base import _LOADED_LIBS
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        if "tvm_runtime_cuda" not in _LOADED_LIBS:  # runtime-only mode loads no device backend itself
+            runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+                package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_GLOBAL")
+        if kernel_dir is not None:
+            tvm_ffi.register_global_func("tvm_callback_cuda_compile", kernel_lookup(kernel_dir), override=True)
+    return tvm
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_array(spec: dict, rng: np.random.Generator, root: Path | None = None) -> np.ndarray:
+    """An input or weight for a spec {"shape", "dtype"[, "file"]}: the saved file, else seeded random values
+    (integers over the dtype's range up to ±127 / 0..255, floats N(0, 0.05))."""
+    if spec.get("file"):
+        return np.load(Path(root) / spec["file"], allow_pickle=False)
+    shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+    if dtype.kind == "f":
+        return (rng.standard_normal(shape) * 0.05).astype(dtype)
+    if dtype.kind == "u":
+        return rng.integers(0, min(255, np.iinfo(dtype).max) + 1, size=shape).astype(dtype)
+    if dtype.kind == "i":
+        return rng.integers(max(-127, np.iinfo(dtype).min), min(127, np.iinfo(dtype).max) + 1,
+                            size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    raise ValueError(f"unsupported dtype {dtype}")
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_library(tvm, path: Path, device, arrays, number: int, repeat: int, min_repeat_ms: int, warmup: int = 1):
+    """Mean ms per call of each of `repeat` repeats of `main` (inputs and weights placed on the device once)."""
+    from tvm.runtime.vm import VirtualMachine
+
+    lib = tvm.runtime.load_module(str(path))
+    vm = VirtualMachine(lib, device)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
+    vm.set_input("main", *args)
+    for _ in range(warmup):
+        vm.invoke_stateful("main")
+    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    ms = [float(s) * 1e3 for s in timer("main").results]
+    if len(ms) != repeat or not all(math.isfinite(v) and v > 0 for v in ms):
+        raise RuntimeError(f"time_evaluator returned {ms!r}")
+    return ms
+
+
+def time_callable(fn, device_type: str, repeat: int, min_repeat_ms: int, warmup: int = 3):
+    """Like time_evaluator for a Python callable: `number` raised until a repeat lasts `min_repeat_ms`;
+    CUDA time from events (synchronised), CPU time from perf_counter."""
+    import torch
+
+    cuda = device_type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+
+    def run(number):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(number):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - t) * 1e3
+
+    number = 1
+    while True:
+        total = run(number)
+        if total >= min_repeat_ms or number >= 1 << 20:
+            break
+        number = min(1 << 20, max(number * 2, int(number * min_repeat_ms / max(total, 1e-3) * 1.1) + 1))
+    return [run(number) / number for _ in range(repeat)], number
+
+
+def torch_baselines(workload: dict, device_type: str, repeat: int, min_repeat_ms: int) -> dict:
+    """PyTorch timings of a layer workload: fp16 and fp32 (cuBLAS / cuDNN on CUDA, TF32 off), and int8
+    `torch._int_mm` for 2-D linear workloads it accepts. {name: {"median_ms", "per_repeat_ms", "number",
+    "op"} or {"skipped": reason}}."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    dev = torch.device(device_type)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    op = workload["op"]
+    xs, ws = tuple(workload["input_shape"]), tuple(workload["weight_shape"])
+    out: dict = {}
+
+    def record(name, fn, what):
+        try:
+            per, number = time_callable(fn, device_type, repeat, min_repeat_ms)
+            out[name] = {"median_ms": float(np.median(per)), "per_repeat_ms": per, "number": number, "op": what}
+        except Exception as err:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+            out[name] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
+
+    for dtype, name in ((torch.float16, "fp16"), (torch.float32, "fp32")):
+        if dtype == torch.float16 and device_type == "cpu":
+            out[name] = {"skipped": "fp16 baselines are timed on CUDA only"}
+            continue
+        x = torch.randn(xs, generator=gen).to(dev, dtype)
+        w = torch.randn(ws, generator=gen).to(dev, dtype)
+        if op == "conv2d":
+            pt, pl, pb, pr = workload["padding"]
+            if (pt, pl) != (pb, pr):  # asymmetric: pad outside the timed call, conv without padding
+                x = F.pad(x, (pl, pr, pt, pb))
+                pad = (0, 0)
+            else:
+                pad = (pt, pl)
+            stride, dil, groups = tuple(workload["strides"]), tuple(workload["dilation"]), workload["groups"]
+            record(name, lambda x=x, w=w: F.conv2d(x, w, None, stride, pad, dil, groups),
+                   f"torch conv2d {'cuDNN' if device_type == 'cuda' else 'CPU'} {name}")
+        elif op == "linear":
+            x2 = x.reshape(-1, xs[-1])
+            wt = w.t().contiguous()
+            record(name, lambda x2=x2, wt=wt: torch.matmul(x2, wt),
+                   f"torch matmul {'cuBLAS' if device_type == 'cuda' else 'CPU'} {name}")
+        else:
+            record(name, lambda x=x, w=w: torch.matmul(x, w),
+                   f"torch matmul {'cuBLAS' if device_type == 'cuda' else 'CPU'} {name}")
+    if op == "linear":
+        m, k, n = int(np.prod(xs[:-1])), xs[-1], ws[0]
+        if device_type != "cuda":
+            out["int8"] = {"skipped": "torch._int_mm is timed on CUDA only"}
+        elif m <= 16 or k % 8 or n % 8:
+            out["int8"] = {"skipped": f"torch._int_mm needs M > 16 and K, N multiples of 8 (M={m}, K={k}, N={n})"}
+        else:
+            a = torch.randint(-127, 128, (m, k), generator=gen, dtype=torch.int8).to(dev)
+            b = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8).to(dev).t()
+            record("int8", lambda a=a, b=b: torch._int_mm(a, b), "torch._int_mm int8 -> int32")
+    else:
+        out["int8"] = {"skipped": f"no PyTorch int8 GPU kernel for {op}"
+                       + (" (torch._int_mm is 2-D only)" if op == "matmul" else "")}
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _record(manifest, device_name, kind, workload, candidate, ms, number, meta):
+    return {"profile": manifest["profile"], "device": device_name, "kind": kind, "workload": workload,
+            "candidate": candidate, "median_ms": float(np.median(ms)), "min_ms": float(min(ms)),
+            "max_ms": float(max(ms)), "std_ms": float(np.std(ms)), "repeats": len(ms), "number": int(number),
+            "tuning_trials": 0, "source": "measured", "meta": meta, "created_at": time.time()}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def model_key(entry: dict) -> tuple[str, str]:
+    """(workload, candidate) of a whole-model record: the model and its input shapes; the plan name, with a
+    hash of the per-layer choices for the mixed plan."""
+    workload = json.dumps({"model": entry["model"], "inputs": [[i["shape"], i["dtype"]] for i in entry["inputs"]]},
+                          separators=(",", ":"))
+    plan = entry["plan"].upper()
+    if entry["plan"] == "mixed":
+        plan = "mixed:" + hashlib.sha256(json.dumps(entry["layers"], sort_keys=True).encode()).hexdigest()[:12]
+    return workload, plan
+
+
+def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str | None = None,
+        device_name: str | None = None, budget_s: float | None = None, limit: int | None = None,
+        torch_baselines_on: bool = True, number: int | None = None, repeat: int | None = None,
+        min_repeat_ms: int | None = None, log=print) -> dict:
+    start = time.perf_counter()
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format") != "tvm_mpq_device_bundle" or manifest.get("version") != 1:
+        raise SystemExit(f"{folder}/manifest.json is not a tvm_mpq device bundle (version 1)")
+    device_type = device_type or manifest["device_type"]
+    settings = dict(manifest["measure"])
+    number = number or settings.get("number", 10)
+    repeat = repeat or settings.get("repeat", 5)
+    min_repeat_ms = settings.get("min_repeat_ms", 0) if min_repeat_ms is None else min_repeat_ms
+    kernel_dir = folder / "kernels"
+    tvm = load_runtime(bundle, device_type, kernel_dir if device_type == "cuda" else None)
+    device = tvm.cuda(0) if device_type == "cuda" else tvm.cpu(0)
+    if device_name is None:
+        if device_type == "cuda":
+            import torch
+
+            device_name = "cuda:" + torch.cuda.get_device_name(0).replace(" ", "_")
+        else:
+            device_name = f"local:{socket.gethostname()}"
+    log(f"{len(manifest['tasks'])} tasks, {len(manifest['models'])} models on {device_name}; "
+        f"number={number} repeat={repeat} min_repeat_ms={min_repeat_ms}")
+
+    records, results, models, skipped = [], [], [], []
+    baselines: dict[str, dict] = {}
+    rng = np.random.default_rng(0)
+
+    def flush():
+        _write(out / "measurements.jsonl",
+               "\n".join([json.dumps(HEADER)] + [json.dumps(r, sort_keys=True) for r in records]) + "\n")
+        _write(out / "models.json", json.dumps(models, indent=1))
+        _write(out / "results.json", json.dumps({
+            "device": device_name, "device_type": device_type, "profile": manifest["profile"],
+            "settings": {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms},
+            "seconds": time.perf_counter() - start, "results": results, "models": models,
+            "skipped_for_budget": skipped, "prepare_failures": manifest.get("failed", [])}, indent=1))
+
+    def over_budget():
+        return budget_s is not None and time.perf_counter() - start > budget_s
+
+    # whole models first: the fewest items, the most informative
+    for entry in manifest["models"]:
+        if over_budget():
+            skipped.append(f"model {entry['model']} {entry['plan']}")
+            continue
+        item = {"model": entry["model"], "plan": entry["plan"], "candidate_counts": entry.get("candidate_counts")}
+        try:
+            arrays = [make_array(s, rng, folder) for s in entry["inputs"]]
+            arrays += [make_array(s, rng) for s in entry["weights"]]
+            ms = time_library(tvm, folder / entry["library"], device, arrays, number, repeat, min_repeat_ms)
+            workload, candidate = model_key(entry)
+            records.append(_record(manifest, device_name, "model", workload, candidate, ms, number, {
+                "model": entry["model"], "plan": entry["plan"], "candidate_counts": entry.get("candidate_counts"),
+                "min_repeat_ms": min_repeat_ms, "timed_by": "scripts/device/measure.py"}))
+            item.update(tvm_ms={"median": float(np.median(ms)), "per_repeat": ms})
+            log(f"model {entry['model']} {entry['plan']}: {np.median(ms):.3f} ms")
+        except Exception as err:  # noqa: BLE001
+            item["error"] = f"{type(err).__name__}: {err}"[:2000]
+            log(f"model {entry['model']} {entry['plan']}: FAILED {item['error'][:200]}")
+        models.append(item)
+        flush()
+
+    tasks = manifest["tasks"][:limit] if limit is not None else manifest["tasks"]
+    for i, entry in enumerate(tasks):
+        if over_budget():
+            skipped.append(entry["describe"])
+            continue
+        item = {"id": entry["id"], "task": entry["describe"], "kind": entry["kind"], "candidate": entry["candidate"]}
+        try:
+            arrays = [make_array(s, rng) for s in entry["inputs"]] + [make_array(s, rng) for s in entry["weights"]]
+            ms = time_library(tvm, folder / entry["library"], device, arrays, number, repeat, min_repeat_ms)
+            item["tvm_ms"] = float(np.median(ms))
+            meta = {"op": entry["op"], "macs": entry["macs"], "timed_on": device_name,
+                    "min_repeat_ms": min_repeat_ms, "schedule": sorted(set(entry.get("schedule", {}).values())),
+                    "timed_by": "scripts/device/measure.py"}
+            if entry["kind"] == "layer" and torch_baselines_on:
+                key = entry["workload"]
+                if key not in baselines:
+                    baselines[key] = torch_baselines(json.loads(key), device_type, repeat, min_repeat_ms)
+                meta["torch"] = {k: ({"median_ms": v["median_ms"], "op": v["op"]} if "median_ms" in v else v)
+                                 for k, v in baselines[key].items()}
+                item["torch_ms"] = {k: v.get("median_ms") for k, v in baselines[key].items()}
+            records.append(_record(manifest, device_name, entry["kind"], entry["workload"], entry["candidate"],
+                                   ms, number, meta))
+            log(f"[{i + 1}/{len(tasks)}] {entry['describe']}: {item['tvm_ms']:.4f} ms")
+        except Exception as err:  # noqa: BLE001
+            item["error"] = f"{type(err).__name__}: {err}"[:2000]
+            log(f"[{i + 1}/{len(tasks)}] {entry['describe']}: FAILED {item['error'][:200]}")
+        results.append(item)
+        if i % 10 == 9:
+            flush()
+
+    flush()
+    return {"records": len(records), "failed": sum("error" in r for r in results + models),
+            "skipped_for_budget": len(skipped), "seconds": time.perf_counter() - start}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", type=Path, help="folder written by prepare.py")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "measure_out")))
+    ap.add_argument("--bundle", type=Path, help="runtime bundle folder (bundle_runtime.py)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), help="default: the manifest's device type")
+    ap.add_argument("--device-name", help="the store's device field (default cuda:<GPU name> or local:<host>)")
+    ap.add_argument("--budget-s", type=float, help="stop starting new items after this many seconds")
+    ap.add_argument("--limit", type=int, help="first N tasks only")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    ap.add_argument("--number", type=int)
+    ap.add_argument("--repeat", type=int)
+    ap.add_argument("--min-repeat-ms", type=int)
+    args = ap.parse_args(argv)
+    summary = run(args.folder, args.out, bundle=args.bundle, device_type=args.device, device_name=args.device_name,
+                  budget_s=args.budget_s, limit=args.limit, torch_baselines_on=not args.no_torch,
+                  number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
+                  log=lambda s: print(s, flush=True))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The CUDA target path up to the GPU: the GPU schedule and nvcc cross-compilation (slow: compiles), and
+the device scripts (scripts/device/: runtime bundle, prepare, measure) exercised on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ToyNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"device_{name}", ROOT / "scripts" / "device" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def measure():
+    return _script("measure")
+
+
+@pytest.fixture(scope="module")
+def prepare():
+    return _script("prepare")
+
+
+# ---------------------------------------------------------------------------- fast: the measure script's parts
+
+
+def test_make_array_respects_spec_and_files(measure, tmp_path):
+    rng = np.random.default_rng(0)
+    u8 = measure.make_array({"shape": [4, 64], "dtype": "uint8"}, rng)
+    i16 = measure.make_array({"shape": [1000], "dtype": "int16"}, rng)
+    f16 = measure.make_array({"shape": [2, 3], "dtype": "float16"}, rng)
+    assert u8.dtype == np.uint8 and u8.shape == (4, 64) and u8.max() > 128
+    assert i16.dtype == np.int16 and -127 <= i16.min() < 0 < i16.max() <= 127
+    assert f16.dtype == np.float16 and np.isfinite(f16).all()
+    ids = np.arange(12, dtype=np.int64).reshape(1, 12)
+    np.save(tmp_path / "ids.npy", ids)
+    got = measure.make_array({"shape": [1, 12], "dtype": "int64", "file": "ids.npy"}, rng, tmp_path)
+    np.testing.assert_array_equal(got, ids)  # saved inputs (token ids) are used as they are
+
+
+def test_kernel_lookup_maps_source_hash_to_fatbin(measure, tmp_path):
+    from tvm_mpq.kernels.cuda_schedule import kernel_key
+
+    source = 'extern "C" __global__ void k(float* a) { a[0] = 1.0f; }'
+    assert measure.kernel_key(source) == kernel_key(source)  # the standalone copy agrees with the package
+    (tmp_path / f"{kernel_key(source)}.fatbin").write_bytes(b"\x50\xed\x55\xba-binary")
+    lookup = measure.kernel_lookup(tmp_path)
+    assert bytes(lookup(source)) == b"\x50\xed\x55\xba-binary"
+    with pytest.raises(RuntimeError, match="no cross-compiled kernel"):
+        lookup(source + " ")
+
+
+def test_time_callable_scales_number_to_min_repeat(measure):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        sum(range(2000))
+
+    per, number = measure.time_callable(fn, "cpu", repeat=3, min_repeat_ms=5)
+    assert len(per) == 3 and all(v > 0 for v in per)
+    assert number > 1 and per[0] * number >= 5 * 0.5  # a repeat lasted about min_repeat_ms
+
+
+def test_torch_baselines_cpu_conv_linear_matmul(measure):
+    conv = {"op": "conv2d", "input_shape": [1, 4, 9, 9], "weight_shape": [8, 4, 3, 3], "strides": [2, 2],
+            "padding": [0, 0, 1, 1], "dilation": [1, 1], "groups": 1}
+    lin = {"op": "linear", "input_shape": [1, 20, 16], "weight_shape": [24, 16]}
+    mm = {"op": "matmul", "input_shape": [1, 2, 8, 4], "weight_shape": [1, 2, 4, 8]}
+    for wl in (conv, lin, mm):
+        out = measure.torch_baselines(wl, "cpu", repeat=2, min_repeat_ms=1)
+        assert out["fp32"]["median_ms"] > 0 and len(out["fp32"]["per_repeat_ms"]) == 2
+        assert "skipped" in out["fp16"] and "skipped" in out["int8"]  # CUDA-only baselines say why
+
+
+def test_measure_records_import_into_store(measure, tmp_path):
+    from tvm_mpq.store import MeasurementStore
+
+    manifest = {"profile": "cuda_sm90"}
+    wl = json.dumps({"op": "linear"})
+    rec = measure._record(manifest, "cuda:NVIDIA_H100", "layer", wl, "W8A8", [0.02, 0.021, 0.019], 50,
+                          {"op": "linear", "torch": {"fp16": {"median_ms": 0.01, "op": "torch matmul"}}})
+    entry = {"model": "m", "plan": "mixed", "inputs": [{"shape": [1, 3], "dtype": "float32"}],
+             "layers": {"a": "W8A8", "b": "FP16"}}
+    workload, candidate = measure.model_key(entry)
+    assert candidate.startswith("mixed:") and measure.model_key(dict(entry, layers={"a": "FP16"}))[1] != candidate
+    model_rec = measure._record(manifest, "cuda:NVIDIA_H100", "model", workload, candidate, [1.5, 1.4], 3, {})
+    path = tmp_path / "measurements.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (measure.HEADER, rec, model_rec)) + "\n")
+    with MeasurementStore(tmp_path / "store.sqlite") as store:
+        assert store.import_json(path) == 2
+        got = store.get("cuda_sm90", "cuda:NVIDIA_H100", "layer", wl, "W8A8")
+        assert got.median_ms == pytest.approx(0.02) and got.min_ms == pytest.approx(0.019)
+        assert got.source == "imported" and got.number == 50 and got.meta["torch"]["fp16"]["median_ms"] == 0.01
+        assert store.get("cuda_sm90", "cuda:NVIDIA_H100", "model", workload, candidate).repeats == 2
+
+
+def test_mixed_plan_respects_groups_and_profile(prepare):
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.plan import Plan, resolve
+
+    imported = import_model(ToyNet().eval(), (torch.randn(1, 3, 16, 16),), name="toy")
+    graph = imported.graph
+    for hw in ("cuda_sm90", "x86_avx2"):
+        profile = load_profile(hw)
+        layers = prepare.mixed_plan_layers(graph, profile)
+        assert set(layers) == set(graph.layers)
+        for group in graph.groups:
+            assert len({layers[n] for n in group.layers}) == 1
+        for name, cand in layers.items():
+            assert profile.supports(graph.layers[name].op_type, cand)
+        ranges = {n: ((0.0, 1.0),) * graph.layers[n].num_act_inputs for n in layers}
+        resolve(Plan(layers, ranges), graph, profile)  # a valid plan for the profile (raises otherwise)
+    cuda = prepare.mixed_plan_layers(graph, load_profile("cuda_sm90"))
+    assert cuda["dw"] == "FP16" and cuda["stem"] == "FP16" and cuda["fc"] == "FP16"  # depthwise, first, last
+    assert "W8A8" in cuda.values()
+
+
+# ---------------------------------------------------------------------------- slow: compiles
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_task_schedules_and_cross_compiles(tmp_path):
+    """A W8A8 and a W4A16 linear for sm_90: the integer GEMM gets IntegerMatmul, nvcc writes an sm_90 fatbin,
+    and the exported library holds the CUDA module (its source, which the fatbin is keyed by)."""
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import cuda_schedule
+    from tvm_mpq.measure.tasks import LAYER, Task, build_task_module
+
+    profile = load_profile("cuda_sm90")
+    target = profile.tvm_target()
+    wl = json.dumps({"op": "linear", "input_shape": [64, 128], "weight_shape": [96, 128], "strides": [],
+                     "padding": [], "dilation": [], "groups": 1, "has_bias": True}, separators=(",", ":"))
+    for cand in ("W8A8", "W4A16"):
+        mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96))
+        log, lifted = {}, []
+        ex = cuda_schedule.compile_relax(mod, target, log, lifted)
+        assert "IntegerMatmul" in log.values(), log
+        assert lifted and lifted[0][1] == ("int8" if cand == "W8A8" else "uint8")  # the weight became a parameter
+        keys = cuda_schedule.cross_compile_kernels(ex, target, tmp_path / "kernels")
+        sources = cuda_schedule.cuda_sources(ex)
+        assert len(keys) == len(sources) == 1 and "__global__" in sources[0]
+        fatbin = (tmp_path / "kernels" / f"{keys[0]}.fatbin").read_bytes()
+        assert fatbin[:4] == b"\x50\xed\x55\xba"  # CUDA fatbin magic
+        if shutil.which("cuobjdump"):
+            listing = subprocess.run(["cuobjdump", "--list-elf", str(tmp_path / "kernels" / f"{keys[0]}.fatbin")],
+                                     capture_output=True, text=True).stdout
+            assert "sm_90" in listing
+        lib = tmp_path / f"{cand}.so"
+        ex.export_library(str(lib))
+        blob = lib.read_bytes()
+        kernel_name = sources[0].split('extern "C" __global__ void')[1].split("(")[0].strip().split()[-1]
+        assert kernel_name.encode() in blob  # the CUDA module travels inside the library
+
+
+@pytest.mark.slow
+def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
+    """prepare (LLVM target, tiny_cnn, 3 tasks + the W8A8 model) → measure.py in a fresh process with only the
+    runtime bundle's tvm (TVM_USE_RUNTIME_LIB=1) on the CPU → the JSON lines import into the store."""
+    from tvm_mpq.store import MeasurementStore
+
+    folder = tmp_path / "prepared"
+    manifest = prepare.prepare(folder, ["tiny_cnn"], "x86_avx2", ("w8a8",), limit=3, calib_samples=2,
+                               log=lambda s: None)
+    assert manifest["failed"] == [] and len(manifest["tasks"]) == 3 and len(manifest["models"]) == 1
+    assert json.loads((folder / "manifest.json").read_text())["tasks"][0]["id"] == manifest["tasks"][0]["id"]
+    assert all((folder / t["library"]).exists() for t in manifest["tasks"] + manifest["models"])
+    bundle = tmp_path / "runtime"
+    _script("bundle_runtime").build_bundle(bundle)
+    assert not (bundle / "tvm" / "lib" / "libtvm_compiler.so").exists()
+    out = tmp_path / "out"
+    code = ("import sys, runpy; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "scripts" / "device" / "measure.py"), str(folder), "--bundle",
+         str(bundle), "--out", str(out), "--device", "cpu", "--repeat", "2", "--number", "1",
+         "--min-repeat-ms", "1"], capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TVM_USE_RUNTIME_LIB": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert all("error" not in r for r in results["results"] + results["models"]), results
+    assert results["models"][0]["tvm_ms"]["median"] > 0
+    layer = [r for r in results["results"] if r["kind"] == "layer"][0]
+    assert layer["torch_ms"]["fp32"] > 0
+    with MeasurementStore(tmp_path / "store.sqlite") as store:
+        assert store.import_json(out / "measurements.jsonl") == 4
+        kinds = sorted(m.kind for m in store.query(profile="x86_avx2"))
+        assert kinds.count("model") == 1 and len(kinds) == 4
