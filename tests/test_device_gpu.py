@@ -139,14 +139,14 @@ def test_mixed_plan_respects_groups_and_profile(prepare):
 def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     """A W8A8 and a W4A16 linear for sm_90: the integer GEMM gets IntegerMatmul, nvcc writes an sm_90 fatbin,
     and the exported library holds the CUDA module (its source, which the fatbin is keyed by)."""
+    from tvm_mpq.graph import Workload
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import cuda_schedule
     from tvm_mpq.measure.tasks import LAYER, Task, build_task_module
 
     profile = load_profile("cuda_sm90")
     target = profile.tvm_target()
-    wl = json.dumps({"op": "linear", "input_shape": [64, 128], "weight_shape": [96, 128], "strides": [],
-                     "padding": [], "dilation": [], "groups": 1, "has_bias": True}, separators=(",", ":"))
+    wl = Workload("linear", (64, 128), (96, 128), (64, 96), has_bias=True).key()
     for cand in ("W8A8", "W4A16"):
         mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96))
         log, lifted = {}, []
@@ -194,6 +194,7 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TVM_USE_RUNTIME_LIB": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    assert results["runtime"]["runtime_only"] and results["runtime"]["tvm_file"].startswith(str(bundle))
     assert all("error" not in r for r in results["results"] + results["models"]), results
     assert results["models"][0]["tvm_ms"]["median"] > 0
     layer = [r for r in results["results"] if r["kind"] == "layer"][0]

@@ -315,6 +315,7 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
         _write(out / "models.json", json.dumps(models, indent=1))
         _write(out / "results.json", json.dumps({
             "device": device_name, "device_type": device_type, "profile": manifest["profile"],
+            "runtime": {"tvm_file": tvm.__file__, "runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False))},
             "settings": {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms},
             "seconds": time.perf_counter() - start, "results": results, "models": models,
             "skipped_for_budget": skipped, "prepare_failures": manifest.get("failed", [])}, indent=1))
