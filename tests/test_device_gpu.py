@@ -203,3 +203,19 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
         assert store.import_json(out / "measurements.jsonl") == 4
         kinds = sorted(m.kind for m in store.query(profile="x86_avx2"))
         assert kinds.count("model") == 1 and len(kinds) == 4
+
+
+def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch):
+    monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)  # run() sets it; restored after the test
+    task = {"kind": "convert", "workload": "{}", "candidate": "FP32->A8", "op": "quantize", "macs": 0,
+            "inputs": [{"shape": [2], "dtype": "float32"}], "weights": []}
+    manifest = {"format": "tvm_mpq_device_bundle", "version": 1, "profile": "x86_avx2", "device_type": "cpu",
+                "measure": {"number": 1, "repeat": 1, "min_repeat_ms": 0}, "models": [],
+                "tasks": [dict(task, id=f"t{i}", describe=f"task {i}", library=f"tasks/missing{i}.so")
+                          for i in range(5)]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    summary = measure.run(tmp_path, tmp_path / "out", log=lambda s: None, torch_baselines_on=False)
+    assert summary["aborted"] and summary["records"] == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert len(results) == 3 and all("error" in r for r in results)
+    assert (tmp_path / "out" / "measurements.jsonl").read_text().strip() == json.dumps(measure.HEADER)

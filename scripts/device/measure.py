@@ -280,7 +280,7 @@ def model_key(entry: dict) -> tuple[str, str]:
 def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str | None = None,
         device_name: str | None = None, budget_s: float | None = None, limit: int | None = None,
         torch_baselines_on: bool = True, number: int | None = None, repeat: int | None = None,
-        min_repeat_ms: int | None = None, log=print) -> dict:
+        min_repeat_ms: int | None = None, fail_fast: int = 3, log=print) -> dict:
     start = time.perf_counter()
     folder, out = Path(folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,8 +323,14 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
     def over_budget():
         return budget_s is not None and time.perf_counter() - start > budget_s
 
+    def failing_from_start():  # the first items all failed: the setup is broken, do not spend device time
+        done = models + results
+        return len(done) >= fail_fast and all("error" in r for r in done)
+
     # whole models first: the fewest items, the most informative
     for entry in manifest["models"]:
+        if failing_from_start():
+            break
         if over_budget():
             skipped.append(f"model {entry['model']} {entry['plan']}")
             continue
@@ -347,6 +353,9 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
 
     tasks = manifest["tasks"][:limit] if limit is not None else manifest["tasks"]
     for i, entry in enumerate(tasks):
+        if failing_from_start():
+            log(f"the first {fail_fast} items failed; stopping (see results.json)")
+            break
         if over_budget():
             skipped.append(entry["describe"])
             continue
@@ -377,6 +386,7 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
 
     flush()
     return {"records": len(records), "failed": sum("error" in r for r in results + models),
+            "aborted": failing_from_start(),
             "skipped_for_budget": len(skipped), "seconds": time.perf_counter() - start}
 
 
@@ -399,7 +409,7 @@ def main(argv=None) -> int:
                   number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
                   log=lambda s: print(s, flush=True))
     print(json.dumps(summary))
-    return 0
+    return 2 if summary["aborted"] else 0
 
 
 if __name__ == "__main__":
