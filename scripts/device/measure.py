@@ -253,6 +253,20 @@ def torch_baselines(workload: dict, device_type: str, repeat: int, min_repeat_ms
 # ----------------------------------------------------------------------------- the run
 
 
+def estimate_seconds(manifest: dict, number: int, repeat: int, min_repeat_ms: int,
+                     torch_baselines_on: bool = True, load_s: float = 0.15) -> float:
+    """Seconds a run should take, from the settings alone (not a measurement): per library `load_s` plus
+    `repeat` repeats of at least `min_repeat_ms` (a fast kernel) and one calibration pass; per layer
+    workload the same for each PyTorch baseline (fp16, fp32, and int8 for linear)."""
+    per_timing = (repeat + 1) * max(min_repeat_ms, 1) / 1e3
+    items = len(manifest["tasks"]) + len(manifest["models"])
+    total = items * (load_s + per_timing)
+    if torch_baselines_on:
+        workloads = {t["workload"]: t["op"] for t in manifest["tasks"] if t["kind"] == "layer"}
+        total += sum((3 if op == "linear" else 2) * per_timing for op in workloads.values())
+    return total
+
+
 def _record(manifest, device_name, kind, workload, candidate, ms, number, meta):
     return {"profile": manifest["profile"], "device": device_name, "kind": kind, "workload": workload,
             "candidate": candidate, "median_ms": float(np.median(ms)), "min_ms": float(min(ms)),
@@ -303,7 +317,8 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
         else:
             device_name = f"local:{socket.gethostname()}"
     log(f"{len(manifest['tasks'])} tasks, {len(manifest['models'])} models on {device_name}; "
-        f"number={number} repeat={repeat} min_repeat_ms={min_repeat_ms}")
+        f"number={number} repeat={repeat} min_repeat_ms={min_repeat_ms}; estimated "
+        f"{estimate_seconds(manifest, number, repeat, min_repeat_ms, torch_baselines_on):.0f} s")
 
     records, results, models, skipped = [], [], [], []
     baselines: dict[str, dict] = {}
@@ -403,7 +418,17 @@ def main(argv=None) -> int:
     ap.add_argument("--number", type=int)
     ap.add_argument("--repeat", type=int)
     ap.add_argument("--min-repeat-ms", type=int)
+    ap.add_argument("--estimate", action="store_true", help="print the estimated run time and exit")
     args = ap.parse_args(argv)
+    if args.estimate:
+        manifest = json.loads((args.folder / "manifest.json").read_text())
+        m = manifest["measure"]
+        print(json.dumps({"tasks": len(manifest["tasks"]), "models": len(manifest["models"]),
+                          "estimated_s": round(estimate_seconds(
+                              manifest, args.number or m.get("number", 10), args.repeat or m.get("repeat", 5),
+                              m.get("min_repeat_ms", 0) if args.min_repeat_ms is None else args.min_repeat_ms,
+                              not args.no_torch))}))
+        return 0
     summary = run(args.folder, args.out, bundle=args.bundle, device_type=args.device, device_name=args.device_name,
                   budget_s=args.budget_s, limit=args.limit, torch_baselines_on=not args.no_torch,
                   number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
