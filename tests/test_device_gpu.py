@@ -206,6 +206,8 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
 
 
 def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch):
+    import tvm  # noqa: F401 - the full TVM of this process (run() would import a runtime-only one first)
+
     monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)  # run() sets it; restored after the test
     task = {"kind": "convert", "workload": "{}", "candidate": "FP32->A8", "op": "quantize", "macs": 0,
             "inputs": [{"shape": [2], "dtype": "float32"}], "weights": []}
