@@ -158,10 +158,7 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
         assert len(keys) == len(sources) == 1 and "__global__" in sources[0]
         fatbin = (tmp_path / "kernels" / f"{keys[0]}.fatbin").read_bytes()
         assert fatbin[:4] == b"\x50\xed\x55\xba"  # CUDA fatbin magic
-        if shutil.which("cuobjdump"):
-            listing = subprocess.run(["cuobjdump", "--list-elf", str(tmp_path / "kernels" / f"{keys[0]}.fatbin")],
-                                     capture_output=True, text=True).stdout
-            assert "sm_90" in listing
+        assert b"-arch sm_90" in fatbin  # ptxas built SASS for sm_90 (its options are recorded in the ELF)
         lib = tmp_path / f"{cand}.so"
         ex.export_library(str(lib))
         blob = lib.read_bytes()
