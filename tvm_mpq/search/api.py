@@ -223,7 +223,7 @@ def config_to_plan(config, graph, stats, range_method: str, profile, model_name:
 def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None, store_path=None,
            cache_dir: Optional[Path] = None, log: Callable[[str], None] = lambda m: None,
            progress=lambda done, total, what: None, metric=None,
-           prefix_cache_bytes: int = 1 << 30) -> SearchResult:
+           prefix_cache_bytes: int = 1 << 30, fast: bool = True) -> SearchResult:
     """Phases 1–3 for `model` on `hw`; `calibration`: list of input tuples (default: the model's bundled set).
 
     `metric`: what phase 3 selects by. None or "sqnr": output SQNR vs the float model on the held-out
@@ -232,6 +232,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     outputs → score (higher is better) of the outputs on the held-out samples. With a metric the targets
     are `min_score` / `max_score_drop` (or a latency budget). Phase 1 always scores output SQNR.
     `prefix_cache_bytes`: memory for the activations evaluations share (0: run the whole network each time).
+    `fast`: evaluations resume from shared activations and run in channels-last layout (float ops round
+    within float32 noise of the default layout); False: the whole network in the default layout every time.
     """
     from ..frontend import import_model
     from ..hardware import load_profile
@@ -271,7 +273,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     calib, held_out = data[:config.calib_samples], data[config.calib_samples:need]
     scored = calib[:config.sensitivity_samples]
 
-    sim = Simulator(imported)
+    sim = Simulator(imported, channels_last=fast)
+    prefix_cache_bytes = prefix_cache_bytes if fast else 0
     stats = sim.calibrate(calib)
     y_scored, y_held = sim.run(scored), sim.run(held_out)
     if not (np.isfinite(y_scored).all() and np.isfinite(y_held).all()):
