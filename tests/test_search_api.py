@@ -152,6 +152,7 @@ def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp
     for label, result in (("latency", latency), ("bops", bops)):
         plan = make_plan(Plan(dict(result.plan.layers)), imported, x86_profile, stats, "minmax")
         compiled = build(imported, plan, x86_profile.tvm_target())
-        measured[label] = compiled.benchmark(example, number=20, repeat=7).median_ms
+        # the fastest repeat: robust to other processes on a shared machine, which only ever add time
+        measured[label] = compiled.benchmark(example, number=20, repeat=15).min_ms
     print(f"\n[search] latency-aware plan {measured['latency']:.3f} ms vs BOPs-chosen {measured['bops']:.3f} ms")
     assert measured["latency"] < measured["bops"]

@@ -37,14 +37,30 @@ class LatencyStats:
         return dict(self.__dict__)
 
 
-def lower(imported: ImportedModel, plan: Plan):
-    """The Relax IRModule of `imported` at the precisions of a resolved plan."""
+def lower(imported: ImportedModel, plan: Plan, kernels: str = "generic"):
+    """The Relax IRModule of `imported` at the precisions of a resolved plan, on a kernel library
+    ("generic" or "x86_avx2", see `tvm_mpq.kernels.kernel_library`)."""
     from .transform.quantize_mixed_precision import QuantizeMixedPrecision
 
     weights = {
         name: imported.parameter(layer.weight) for name, layer in imported.graph.layers.items() if layer.weight
     }
-    return QuantizeMixedPrecision(plan, imported.graph, weights)(to_relax(imported))
+    return QuantizeMixedPrecision(plan, imported.graph, weights, kernels)(to_relax(imported))
+
+
+def compile_module(mod, target):
+    """`tvm.compile` with this project's CPU schedules on LLVM targets (TVM's default pipeline otherwise)."""
+    import tvm
+
+    if target.kind.name == "llvm":
+        from .kernels.cpu_schedule import cpu_pipeline
+
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    if target.kind.name == "cuda":  # GPU schedules (and the int8 rule dlight lacks)
+        from .kernels.cuda_schedule import compile_relax
+
+        return compile_relax(mod, target)
+    return tvm.compile(mod, target=target)
 
 
 @contextlib.contextmanager
@@ -69,14 +85,22 @@ def _quiet_native_stderr():
 class CompiledModel:
     """A compiled Relax executable on the local CPU (or a module loaded from an exported library)."""
 
-    def __init__(self, executable, compile_seconds: float = 0.0):
+    def __init__(self, executable, compile_seconds: float = 0.0, device=None):
         import tvm
-        from tvm import relax
 
         self.executable = executable
-        self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(executable, self.device)
+        self.device = device if device is not None else tvm.cpu()
         self.compile_seconds = compile_seconds
+        self._vm = None
+
+    @property
+    def vm(self):
+        """The Relax VM on `device`, made on first use (a CUDA library compiled here is run elsewhere)."""
+        if self._vm is None:
+            from tvm import relax
+
+            self._vm = relax.VirtualMachine(self.executable, self.device)
+        return self._vm
 
     def _args(self, inputs):
         import tvm
@@ -110,11 +134,15 @@ class CompiledModel:
             return CompiledModel(tvm.runtime.load_module(str(path)))
 
 
-def build(imported: ImportedModel, plan: Plan, target) -> CompiledModel:
-    """Lower and compile; `target` is a tvm.target.Target (e.g. `profile.tvm_target()`)."""
+def build(imported: ImportedModel, plan: Plan, target, kernels: str | None = None) -> CompiledModel:
+    """Lower and compile; `target` is a tvm.target.Target (e.g. `profile.tvm_target()`); `kernels` defaults
+    to the target's kernel library (`tvm_mpq.kernels.kernel_library`)."""
     import tvm
 
+    from .kernels import kernel_library
+
     start = time.perf_counter()
-    mod = lower(imported, plan)
-    executable = tvm.compile(mod, target=target)
-    return CompiledModel(executable, time.perf_counter() - start)
+    mod = lower(imported, plan, kernels or kernel_library(target))
+    executable = compile_module(mod, target)
+    device = tvm.cuda() if target.kind.name == "cuda" else None
+    return CompiledModel(executable, time.perf_counter() - start, device)

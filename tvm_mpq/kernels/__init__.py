@@ -1,1 +1,17 @@
-"""Integer compute definitions (TVM TE) for the quantized operators."""
+"""Kernels: target-independent integer computes (TVM TE), x86 AVX2 kernels (TVMScript), CPU schedules."""
+
+from __future__ import annotations
+
+
+def kernel_library(target) -> str:
+    """The kernel library for a TVM target: "x86_avx2" for LLVM targets whose CPU has AVX2 and FMA
+    (core-avx2, znver*, skylake*, ...), "generic" otherwise."""
+    try:
+        from tvm.target import codegen
+
+        if target.kind.name == "llvm" and codegen.target_has_features("avx2", target) \
+                and codegen.target_has_features("fma", target):
+            return "x86_avx2"
+    except Exception:  # noqa: BLE001 - targets LLVM cannot describe (e.g. no mcpu for the triple)
+        pass
+    return "generic"

@@ -41,7 +41,9 @@ def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0, tuni
     """
     import tvm
 
-    mod, inputs = build_task_module(task)
+    from ..kernels import kernel_library
+
+    mod, inputs = build_task_module(task, kernels=kernel_library(target))
     if tuning_trials > 0:
         executable = _tuned_compile(mod, target, tuning_trials, tuning_dir or workdir / "tuning")
     elif target.kind.name == "cuda":  # GPU schedules: tvm_mpq/kernels/cuda_schedule.py
@@ -49,7 +51,9 @@ def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0, tuni
 
         executable = compile_relax(mod, target)
     else:
-        executable = tvm.compile(mod, target=target)
+        from ..build import compile_module
+
+        executable = compile_module(mod, target)
     path = workdir / f"task_{abs(hash((task.kind, task.workload, task.candidate))):x}.so"
     from ..build import _quiet_native_stderr
 

@@ -75,8 +75,9 @@ def _encoding(bits: int) -> ActEncoding:
     return ActEncoding(scale=0.02, zero_point=128 if bits == 8 else 0, bits=bits)
 
 
-def build_task_module(task: Task, seed: int = 0):
-    """(Relax IRModule with a `main` function, list of NumPy inputs) for one task."""
+def build_task_module(task: Task, seed: int = 0, kernels: str = "generic"):
+    """(Relax IRModule with a `main` function, list of NumPy inputs) for one task, on the kernel library
+    the compiled model uses (`tvm_mpq.kernels.kernel_library` of the target)."""
     from tvm import relax
 
     rng = np.random.default_rng(seed)
@@ -102,7 +103,7 @@ def build_task_module(task: Task, seed: int = 0):
     layer = Layer("layer", wl.op, "", wl, layer_macs(wl))
     with bb.function("main", params):
         with bb.dataflow():
-            y = _emit(bb, layer, cand, params, weight, encs)
+            y = _emit(bb, layer, cand, params, weight, encs, kernels)
             if wl.has_bias:
                 n_out = wl.weight_shape[0]
                 bias = relax.const(rng.normal(size=n_out).astype(np.float32))
@@ -120,13 +121,13 @@ def build_task_module(task: Task, seed: int = 0):
     return bb.get(), inputs
 
 
-def _emit(bb, layer: Layer, cand: Candidate, params, weight, encs):
+def _emit(bb, layer: Layer, cand: Candidate, params, weight, encs, kernels: str):
     from tvm import relax
 
-    from ..transform.quantize_mixed_precision import emit_layer
+    from ..transform.quantize_mixed_precision import _fast_float32, emit_layer
 
-    if cand.is_quantized or cand.float_dtype != "float32":
-        return emit_layer(bb, layer, cand, params, weight, encs, inputs_quantized=True)
+    if cand.is_quantized or cand.float_dtype != "float32" or _fast_float32(layer, cand, kernels):
+        return emit_layer(bb, layer, cand, params, weight, encs, inputs_quantized=True, kernels=kernels)
     wl = layer.workload  # FP32: the float op exactly as the frontend emits it
     if wl.op == "conv2d":
         return bb.emit(relax.op.nn.conv2d(params[0], relax.const(weight), strides=wl.strides, padding=wl.padding,

@@ -8,13 +8,20 @@ after the layer (conv2d(x, W), matmul(x, W^T) or matmul(a, b)). For each layer t
     y    = astype(acc, float32) * (s_x * s_w[o])                                 # requantize epilogue
 
 The bias add, activation and the next layer's quantize that follow are elementwise, so FuseOps merges
-them into the integer kernel's epilogue. Layers at FP16 cast their operands to float16 and accumulate
+them into the integer kernel's epilogue (generic kernels) or into one elementwise kernel after it.
+
+Kernel libraries (`kernels`): "generic" emits the target-independent TE computes of
+`tvm_mpq.kernels.quantized`; "x86_avx2" emits the packed GEMM / depthwise kernels of
+`tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to
+TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
+grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
 in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
 simulator quantizes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import numpy as np
@@ -27,6 +34,7 @@ from ..graph import Layer, LayerGraph
 from ..kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense
 from ..numerics import ActEncoding, Candidate
 from ..plan import Plan
+from . import x86_avx2_lowering as avx2
 
 
 def _sanitize(name: str) -> str:
@@ -37,19 +45,23 @@ def _sanitize(name: str) -> str:
 class QuantizeMixedPrecision:
     """Rewrite layers to the precisions of a resolved plan (see `plan.resolve`)."""
 
-    def __init__(self, plan: Plan, graph: LayerGraph, weights: Mapping[str, np.ndarray]):
+    def __init__(self, plan: Plan, graph: LayerGraph, weights: Mapping[str, np.ndarray],
+                 kernels: str = "generic"):
+        if kernels not in KERNEL_LIBRARIES:
+            raise ValueError(f"unknown kernel library {kernels!r}; allowed: {', '.join(KERNEL_LIBRARIES)}")
         self.plan = plan
         self.graph = graph
         self.weights = weights  # layer name → float32 weight (BatchNorm folded), as the simulator uses
         self.encodings = plan.encodings()
+        self.kernels = kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         targets = {}
         for name, layer in self.graph.layers.items():
             c = self.plan.candidate(name)
-            if c.is_quantized or c.float_dtype != "float32":
+            if c.is_quantized or c.float_dtype != "float32" or _fast_float32(layer, c, self.kernels):
                 targets[name] = (layer, c)
-        rewriter = _Rewriter(mod, targets, self.weights, self.encodings)
+        rewriter = _Rewriter(mod, targets, self.weights, self.encodings, self.kernels)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -64,8 +76,9 @@ class QuantizeMixedPrecision:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, targets, weights, encodings):
+    def __init__(self, mod, targets, weights, encodings, kernels):
         super().__init__(mod)
+        self.kernels = kernels
         self.targets = {}
         for name, value in targets.items():
             self.targets[name] = value
@@ -80,12 +93,35 @@ class _Rewriter(PyExprMutator):
             return super().visit_var_binding_(binding)
         layer, cand = hit
         args = [self.visit_expr(a) for a in binding.value.args]
+        if self.kernels == "x86_avx2" and layer.op_type == "conv2d":
+            args[0], layer = self._fold_zero_pad(args[0], layer)
         new = emit_layer(self.builder_, layer, cand, args, self.weights.get(layer.name),
-                         self.encodings.get(layer.name, ()))
+                         self.encodings.get(layer.name, ()), kernels=self.kernels)
         if not isinstance(binding.var, relax.DataflowVar):
             new = self.builder_.emit_output(new)
         self.set_var_remap(binding.var, new)
         self.done.add(layer.name)
+
+    def _fold_zero_pad(self, x, layer: Layer):
+        """A zero `nn.pad` of H, W in front of a conv becomes the conv's own padding (the AVX2 kernels pad
+        in their packing, so no padded tensor is written). Exact after quantization too: 0.0 quantizes to
+        the zero point, which is what the kernels pad with. The pad itself is left to dead-code removal."""
+        value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.nn.pad")):
+            return x, layer
+        attrs = value.attrs
+        pw = [int(v) for v in attrs.pad_width]
+        if str(attrs.pad_mode) != "constant" or float(attrs.pad_value) != 0.0 or len(pw) != 8 or any(pw[:4]):
+            return x, layer
+        src = value.args[0]
+        wl = layer.workload
+        pt, pl, pb, pr = wl.padding
+        folded = dataclasses.replace(
+            wl, input_shape=tuple(int(v) for v in src.ty.shape),
+            padding=(pt + pw[4], pl + pw[6], pb + pw[5], pr + pw[7]))
+        if not avx2.supports(folded, "float32"):
+            return x, layer
+        return src, dataclasses.replace(layer, workload=folded)
 
 
 # ---------------------------------------------------------------------- lowering of one layer
@@ -101,19 +137,30 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
     return bb.emit(relax.op.astype(y, enc.dtype))
 
 
+KERNEL_LIBRARIES = ("generic", "x86_avx2")
+
+
+def _fast_float32(layer: Layer, cand: Candidate, kernels: str) -> bool:
+    """FP32 layers the x86 AVX2 library lowers itself (everything else FP32 stays TVM's operator)."""
+    return (kernels == "x86_avx2" and not cand.is_quantized and cand.float_dtype == "float32"
+            and avx2.supports(layer.workload, "float32"))
+
+
 def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weight, encodings,
-               *, inputs_quantized: bool = False):
+               *, inputs_quantized: bool = False, kernels: str = "generic"):
     """Emit `layer` at `cand`; returns its float32 output (before the bias add).
 
     `args` are the layer's activation inputs (float32, or already in the candidate's integer dtype when
     `inputs_quantized`); `weight` is the float32 weight (BatchNorm folded); `encodings` one ActEncoding per
-    activation input.
+    activation input; `kernels` the kernel library ("generic" or "x86_avx2").
     """
     if cand.is_quantized:
-        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized)
+        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized, kernels)
     if cand.float_dtype != "float32":
         return _emit_reduced_float(bb, layer, cand, args, weight)
-    raise ValueError(f"layer {layer.name}: FP32 needs no lowering")
+    if _fast_float32(layer, cand, kernels):
+        return _emit_float32_avx2(bb, layer, args, weight)
+    raise ValueError(f"layer {layer.name}: FP32 needs no lowering with the {kernels!r} kernels")
 
 
 def _quantized_weight(weight: np.ndarray, bits: int):
@@ -122,21 +169,27 @@ def _quantized_weight(weight: np.ndarray, bits: int):
     return relax.const(stored), scale
 
 
-def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool):
+def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool,
+                    kernels: str = "generic"):
     wl = layer.workload
+    fast = kernels == "x86_avx2" and avx2.supports(wl, encs[0].dtype) and all(e.dtype == "uint8" for e in encs)
 
     def quantized(x, enc):
         return x if inputs_quantized else emit_quantize(bb, x, enc)
 
     if layer.op_type == "conv2d":
         xq = quantized(args[0], encs[0])
-        w, w_scale = _quantized_weight(weight, cand.weight_bits)
-        acc = bb.emit_te(
-            qconv2d_nchw, xq, w,
-            data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
-            dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
-            kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
-        )
+        if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
+            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
+            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point)
+        else:
+            w, w_scale = _quantized_weight(weight, cand.weight_bits)
+            acc = bb.emit_te(
+                qconv2d_nchw, xq, w,
+                data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
+                dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
+                kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
+            )
         mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, -1, 1, 1)
         return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult)))
     if layer.op_type == "linear":
@@ -145,11 +198,15 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         if len(wl.input_shape) != 2:  # reshape before quantizing: the quantize may fuse into the producer
             x = bb.emit(relax.op.reshape(x, (-1, k)))
         xq = quantized(x, encs[0])
-        w, w_scale = _quantized_weight(weight, cand.weight_bits)
-        acc = bb.emit_te(
-            qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-            in_features=k, acc_dtype=cand.acc_dtype,
-        )
+        if fast:
+            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
+            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point)
+        else:
+            w, w_scale = _quantized_weight(weight, cand.weight_bits)
+            acc = bb.emit_te(
+                qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
+                in_features=k, acc_dtype=cand.acc_dtype,
+            )
         mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, n)
         y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult))
         if len(wl.input_shape) != 2:
@@ -158,12 +215,31 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     # activation x activation matmul
     aq = quantized(args[0], encs[0])
     bq = quantized(args[1], encs[1])
-    acc = bb.emit_te(
-        qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
-        acc_dtype=cand.acc_dtype,
-    )
+    if fast:
+        acc = avx2.matmul(bb, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point)
+    else:
+        acc = bb.emit_te(
+            qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
+            acc_dtype=cand.acc_dtype,
+        )
     mult = np.float32(np.float32(encs[0].scale) * np.float32(encs[1].scale))
     return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult, "float32")))
+
+
+def _emit_float32_avx2(bb, layer: Layer, args, weight):
+    wl = layer.workload
+    if layer.op_type == "conv2d":
+        return avx2.conv2d(bb, args[0], weight, wl, dtype="float32")
+    if layer.op_type == "linear":
+        x = args[0]
+        k, n = wl.weight_shape[1], wl.weight_shape[0]
+        if len(wl.input_shape) != 2:
+            x = bb.emit(relax.op.reshape(x, (-1, k)))
+        y = avx2.dense(bb, x, weight.reshape(n, k), dtype="float32")
+        if len(wl.input_shape) != 2:
+            y = bb.emit(relax.op.reshape(y, tuple(wl.output_shape)))
+        return y
+    return avx2.matmul(bb, args[0], args[1], dtype="float32")
 
 
 def _emit_reduced_float(bb, layer: Layer, cand: Candidate, args, weight):

@@ -1,0 +1,205 @@
+"""x86 AVX2 kernels: bit-exact against NumPy int64 references (odd shapes, zero points, padding, strides),
+float32 paths against NumPy float64, and the lowering through Relax on conv / dense / matmul layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_mpq.graph import Workload
+from tvm_mpq.kernels import kernel_library
+from tvm_mpq.kernels import x86_avx2 as k
+from tvm_mpq.transform import x86_avx2_lowering as low
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+DEV = tvm.cpu()
+
+
+def _run(func, *arrays, out_shape, out_dtype):
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), DEV) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), DEV)
+    lib.mod["main"](*args, out)
+    return out.numpy()
+
+
+def _conv_ref(x, w, zp, stride, pad, dil=(1, 1), groups=1):
+    """NumPy int64 NCHW conv of (x - zp) with w; padding contributes 0 (i.e. pads with the zero point)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    pt, pl, pb, pr = pad
+    acc_t = np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64
+    xp = np.pad(x.astype(acc_t) - zp, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh = (h + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, o, oh, ow), acc_t)
+    og = o // groups
+    for oc in range(o):
+        g = oc // og
+        for ky in range(kh):
+            for kx in range(kw):
+                ys, xs = ky * dil[0], kx * dil[1]
+                patch = xp[:, g * cg:(g + 1) * cg, ys:ys + stride[0] * oh:stride[0], xs:xs + stride[1] * ow:stride[1]]
+                out[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, ky, kx].astype(acc_t))
+    return out
+
+
+@pytest.mark.parametrize("batch,m,n,kk,a_batched,b_batched", [
+    (1, 64, 200, 96, False, True),    # conv-like: shared weights, edge panel
+    (1, 5, 13, 7, True, True),        # everything odd and smaller than a tile
+    (3, 17, 29, 33, False, True),     # batch with shared A
+    (2, 9, 3, 5, True, False),        # shared B (dense weights), N below one vector
+    (1, 1, 40, 1281, True, False),    # GEMV, odd K
+    (4, 12, 16, 8, True, True),       # exact tiles
+])
+def test_gemm_int16_bit_exact(batch, m, n, kk, a_batched, b_batched):
+    rng = np.random.default_rng(batch * 1000 + m)
+    a = rng.integers(-255, 256, (batch if a_batched else 1, m, kk))  # u8 - zp range
+    b = rng.integers(-127, 128, (batch if b_batched else 1, kk, n))  # int8 weights
+    tl = k.choose_tiling(batch, m, n)
+    func = k.gemm_func(batch, m, n, kk, tl, a_batched=a_batched, b_batched=b_batched)
+    pa = np.concatenate([k.pack_weight_rows(a[i], tl.mr) for i in range(a.shape[0])])
+    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr) for i in range(b.shape[0])])
+    got = _run(func, pa, pb, out_shape=(batch, m, n), out_dtype="int32")
+    ref = np.einsum("bmk,bkn->bmn", np.broadcast_to(a, (batch, m, kk)), np.broadcast_to(b, (batch, kk, n)))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_gemm_int16_extremes_do_not_saturate():
+    """Every product at its extreme (255 - 0) * (-127): vpmaddubsw would saturate, vpmaddwd must not."""
+    m, n, kk = 4, 24, 64
+    tl = k.choose_tiling(1, m, n)
+    a = np.full((1, m, kk), 255)
+    b = np.full((1, kk, n), -127)
+    got = _run(k.gemm_func(1, m, n, kk, tl), k.pack_weight_rows(a[0], tl.mr),
+               k.pack_weight_panels(np.ascontiguousarray(b[0].T), tl.nr), out_shape=(1, m, n), out_dtype="int32")
+    assert (got == 255 * -127 * kk).all()
+
+
+def test_gemm_refuses_k_beyond_exact_int32():
+    with pytest.raises(ValueError, match="exact"):
+        k.gemm_func(1, 4, 8, k.MAX_EXACT_K + 1, k.GemmTiling(4, 1))
+
+
+def test_gemm_float32_matches_numpy():
+    rng = np.random.default_rng(1)
+    batch, m, n, kk = 2, 11, 37, 19
+    a = rng.standard_normal((1, m, kk)).astype(np.float32)
+    b = rng.standard_normal((batch, kk, n)).astype(np.float32)
+    tl = k.choose_tiling(batch, m, n)
+    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr, "float32") for i in range(batch)])
+    got = _run(k.gemm_func(batch, m, n, kk, tl, dtype="float32", a_batched=False),
+               k.pack_weight_rows(a[0], tl.mr, "float32"), pb, out_shape=(batch, m, n), out_dtype="float32")
+    ref = np.einsum("mk,bkn->bmn", a[0].astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,h,w,ks,stride,pad,zp", [
+    (3, 9, 11, 3, 1, (1, 1, 1, 1), 7),
+    (5, 12, 13, 3, 2, (0, 0, 1, 1), 128),   # TF-style asymmetric padding, odd width
+    (4, 15, 15, 5, 2, (2, 2, 2, 2), 0),
+    (2, 7, 7, 5, 1, (2, 2, 2, 2), 255),
+    (3, 20, 20, 3, 1, (0, 0, 0, 0), 3),     # no padding, width not a multiple of 8
+])
+def test_depthwise_int_bit_exact(c, h, w, ks, stride, pad, zp):
+    rng = np.random.default_rng(c * 100 + h)
+    x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8)
+    wt = rng.integers(-127, 128, (c, 1, ks, ks)).astype(np.int8)
+    func = k.depthwise_func(x.shape, (ks, ks), strides=(stride, stride), padding=pad, dilation=(1, 1),
+                            data_dtype="uint8", data_zero_point=zp, out_dtype="int32")
+    ref = _conv_ref(x, wt, zp, (stride, stride), pad, groups=c)
+    got = _run(func, x, wt.reshape(c, -1).astype(np.float32).reshape(-1), out_shape=ref.shape, out_dtype="int32")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_depthwise_float32_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 6, 10, 9)).astype(np.float32)
+    wt = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    func = k.depthwise_func(x.shape, (3, 3), strides=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1),
+                            data_dtype="float32", out_dtype="float32")
+    ref = _conv_ref(x.astype(np.float64), wt.astype(np.float64), 0, (2, 2), (1, 1, 1, 1), groups=6)
+    got = _run(func, x, wt.reshape(-1), out_shape=ref.shape, out_dtype="float32")
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- through Relax
+
+
+def _build_and_run(emit, inputs):
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(emit(bb, *params))
+        bb.emit_func_output(out)
+    from tvm_mpq.build import compile_module
+
+    ex = compile_module(bb.get(), TARGET)
+    vm = relax.VirtualMachine(ex, DEV)
+    return vm["main"](*[tvm.runtime.tensor(a, DEV) for a in inputs]).numpy()
+
+
+def _conv_wl(x_shape, w_shape, stride, pad, groups=1, dil=(1, 1)):
+    n, c, h, w = x_shape
+    o, _, kh, kw = w_shape
+    oh = (h + pad[0] + pad[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + pad[1] + pad[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    return Workload("conv2d", tuple(x_shape), tuple(w_shape), (n, o, oh, ow), tuple(stride), tuple(pad),
+                    tuple(dil), groups, False)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad,dil", [
+    ((1, 3, 17, 19), (8, 3, 3, 3), (2, 2), (0, 0, 1, 1), (1, 1)),   # stem-like, strided, asymmetric pad
+    ((1, 19, 9, 9), (13, 19, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),  # pointwise, odd channels
+    ((2, 4, 10, 10), (6, 4, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),   # batch 2, dilation
+])
+def test_lowered_conv_int_bit_exact(x_shape, w_shape, stride, pad, dil):
+    rng = np.random.default_rng(sum(x_shape))
+    x = rng.integers(0, 256, x_shape).astype(np.uint8)
+    w = rng.integers(-7, 8, w_shape).astype(np.int8)  # int4 values: W4A8 uses the same kernel
+    zp = 37
+    wl = _conv_wl(x_shape, w_shape, stride, pad, dil=dil)
+    assert low.supports(wl, "uint8")
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, zero_point=zp), [x])
+    np.testing.assert_array_equal(got, _conv_ref(x, w, zp, stride, pad, dil))
+
+
+def test_lowered_conv_float32_and_depthwise():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 6, 11, 11)).astype(np.float32)
+    w = rng.standard_normal((9, 6, 3, 3)).astype(np.float32)
+    wl = _conv_wl(x.shape, w.shape, (1, 1), (1, 1, 1, 1))
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, dtype="float32"), [x])
+    ref = _conv_ref(x.astype(np.float64), w.astype(np.float64), 0, (1, 1), (1, 1, 1, 1))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    wd = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    wl_dw = _conv_wl(x.shape, wd.shape, (2, 2), (1, 1, 1, 1), groups=6)
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, wd, wl_dw, dtype="float32"), [x])
+    ref = _conv_ref(x.astype(np.float64), wd.astype(np.float64), 0, (2, 2), (1, 1, 1, 1), groups=6)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_lowered_dense_and_matmul_int_bit_exact():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (7, 45)).astype(np.uint8)
+    w = rng.integers(-127, 128, (30, 45)).astype(np.int8)
+    got = _build_and_run(lambda bb, xv: low.dense(bb, xv, w, zero_point=100), [x])
+    np.testing.assert_array_equal(got, (x.astype(np.int64) - 100) @ w.T.astype(np.int64))
+    a = rng.integers(0, 256, (2, 3, 9, 17)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 3, 17, 11)).astype(np.uint8)
+    got = _build_and_run(lambda bb, av, bv: low.matmul(bb, av, bv, a_zero_point=5, b_zero_point=250), [a, b])
+    np.testing.assert_array_equal(got, (a.astype(np.int64) - 5) @ (b.astype(np.int64) - 250))
+
+
+def test_support_and_library_selection():
+    assert kernel_library(TARGET) == "x86_avx2"
+    assert kernel_library(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                             "mcpu": "cortex-a76"})) == "generic"
+    grouped = _conv_wl((1, 8, 5, 5), (8, 2, 3, 3), (1, 1), (1, 1, 1, 1), groups=4)
+    assert not low.supports(grouped, "uint8")          # grouped, not depthwise: generic kernels
+    pw = _conv_wl((1, 8, 5, 5), (4, 8, 1, 1), (1, 1), (0, 0, 0, 0))
+    assert low.supports(pw, "uint8") and low.supports(pw, "float32")
+    assert not low.supports(pw, "int16")               # 16-bit activations need int64 accumulation

@@ -1,0 +1,396 @@
+"""Integer and float kernels for x86 CPUs with AVX2: a register-blocked GEMM micro-kernel in TVMScript.
+
+Every conv2d (groups = 1), dense and activation x activation matmul becomes one GEMM
+``C[b, m, n] = sum_k A[b, m, k] * B[b, k, n]`` on packed operands:
+
+- ``A`` ("rows", broadcast operand): [batch, Mp, K2] int32, each int32 holding two consecutive k of one
+  row as int16 (low half = even k). One ``vpbroadcastd`` feeds a whole register row.
+- ``B`` ("panels", vector operand): [batch, NP, K2, NB, 2] int16, NB = 8 * NR columns per panel, the two
+  k of a pair adjacent, so that one 32-byte load is 8 columns x 2 k.
+- The micro-kernel keeps an MR x NR tile of int32x8 accumulators in registers across the whole K loop and
+  issues ``vpmaddwd`` (int16 x int16 pairs -> int32, ``llvm.x86.avx2.pmadd.wd``) + ``vpaddd``.
+
+Why int16 pairs and not ``vpmaddubsw`` (u8 x s8 -> saturating int16): ``vpmaddubsw`` saturates when two
+adjacent u8 x s8 products sum beyond 32767 (255 * 127 * 2 = 64770), so it is exact only with 7-bit
+activations or weights. ``vpmaddwd`` on int16 is exact for every uint8 activation (zero point removed:
+-255..255) times int8/int4 weight, and on Zen 3 / Haswell-class cores it issues on the same vector
+multiply ports, so the two sequences peak at the same MACs per cycle (``vpmaddubsw`` + ``vpmaddwd`` = two
+multiply uops per 32 MACs; ``vpmaddwd`` = one per 16). The packed int16 operand costs twice the bytes of
+uint8; it is packed once per layer call (activations) or at compile time (weights).
+
+Zero points are removed while packing (``x - zp`` as int16), so padding is 0 and no correction term is
+needed. Accumulation is int32: exact as long as K * 255 * 127 < 2^31 (K < 66 000), checked at build time.
+
+The float32 path uses the same packing and blocking with ``vfmadd231ps`` on float32x8.
+
+Operands are padded to whole tiles (zeros); the output is written unpadded (edge tiles element by element).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+__all__ = [
+    "GemmTiling", "choose_tiling", "gemm_func", "pack_rows", "pack_panels", "pack_conv_panels",
+    "pack_weight_rows", "pack_weight_panels", "MAX_EXACT_K",
+]
+
+VEC = 8  # int32 / float32 lanes in a 256-bit register
+MAX_EXACT_K = (2**31 - 1) // (255 * 127)  # int32 accumulation of (u8 - zp) * s8 terms cannot overflow below this
+
+
+@dataclass(frozen=True)
+class GemmTiling:
+    """Register tile MR rows x (8 * NR) columns; `m_chunks` splits the rows for more parallel tasks."""
+
+    mr: int
+    nr: int
+    m_chunks: int = 1
+
+    @property
+    def nb(self) -> int:
+        return VEC * self.nr
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def choose_tiling(batch: int, m: int, n: int, threads: int = 2) -> GemmTiling:
+    """Register tile for a GEMM shape: 4 x 24 (12 accumulators) by default, fewer rows for thin GEMMs.
+
+    Chosen so that the accumulators, NR B vectors and one broadcast fit the 16 ymm registers; measured
+    best on Zen 3 for the EfficientNet-Lite0 / MiniLM-L6 shapes (benchmarks/kernels_avx2.py).
+    """
+    mr = 4 if m >= 4 else m
+    nr = 3 if n > 16 else (2 if n > 8 else 1)
+    if mr < 4 and nr == 3:
+        nr = 4 if m <= 2 else 3
+    panels = batch * _ceil(n, VEC * nr)
+    m_blocks = _ceil(m, mr)
+    m_chunks = 1
+    # enough independent tasks for the thread pool: split the rows when there are few column panels
+    while panels * m_chunks < 4 * threads and m_chunks * 2 <= m_blocks:
+        m_chunks *= 2
+    return GemmTiling(mr, nr, m_chunks)
+
+
+# ---------------------------------------------------------------------------------------------- GEMM
+
+
+def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: str = "int16",
+              a_batched: bool = True, b_batched: bool = True, out_shape=None):
+    """TVMScript PrimFunc ``gemm(A, B, C)`` with the packed layouts of the module docstring.
+
+    dtype "int16": A int32 [Ba, Mp, K2] (int16 pairs), B int16 [Bb, NP, K2, NB, 2], C int32 [batch, m, n].
+    dtype "float32": A float32 [Ba, Mp, K], B float32 [Bb, NP, K, NB], C float32 [batch, m, n].
+    `a_batched` / `b_batched` False: one operand shared by every batch (e.g. the weights). `out_shape`: the
+    shape C is declared with (any shape of batch * m * n elements, e.g. NCHW for a conv), so that no
+    reshape sits between the kernel and the elementwise function that consumes it.
+    """
+    if dtype == "int16":
+        if k > MAX_EXACT_K:
+            raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}, got K={k}")
+        kk, pair = _ceil(k, 2), 2
+        acc_t, vec_t, a_t, b_t = "int32", "int32x8", "int32", "int16"
+    elif dtype == "float32":
+        kk, pair = k, 1
+        acc_t, vec_t, a_t, b_t = "float32", "float32x8", "float32", "float32"
+    else:
+        raise ValueError(f"dtype must be 'int16' or 'float32', got {dtype!r}")
+    mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
+    nb = tiling.nb
+    mp = _ceil(m, mr) * mr
+    npan = _ceil(n, nb)
+    mblocks = mp // mr
+    per_chunk = _ceil(mblocks, mc)
+    ba = batch if a_batched else 1
+    bb = batch if b_batched else 1
+    a_stride_b = mp * kk if a_batched else 0
+    b_stride_b = npan * kk * nb * pair if b_batched else 0
+    vlen = VEC * pair  # B elements per vector load
+    tasks = batch * npan * mc
+    is_int = dtype == "int16"
+    a_shape = (ba, mp, kk)
+    b_shape = (bb, npan, kk, nb, 2) if is_int else (bb, npan, kk, nb)
+    c_shape = tuple(int(v) for v in out_shape) if out_shape is not None else (batch, m, n)
+    if int(np.prod(c_shape)) != batch * m * n:
+        raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
+
+    if is_int:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
+    else:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
+                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
+
+    zero = T.int32(0) if is_int else T.float32(0)
+
+    @T.prim_func
+    def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), C_nd: T.Buffer(c_shape, acc_t)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        Af = T.decl_buffer((ba * mp * kk,), a_t, data=A.data)
+        Bf = T.decl_buffer((bb * npan * kk * nb * pair,), b_t, data=B.data)
+        C = T.decl_buffer((batch * m * n,), acc_t, data=C_nd.data)
+        for task in T.parallel(tasks):
+            # scope "global" under the 1 KiB limit is a stack alloca, which LLVM promotes to registers
+            acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            edge = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            b_ = task // (npan * mc)
+            no = task % (npan * mc) // mc
+            ch = task % mc
+            for mo_i in range(per_chunk):
+                if ch * per_chunk + mo_i < mblocks:
+                    m0 = (ch * per_chunk + mo_i) * mr
+                    for t in T.unroll(mr * nr):
+                        acc[T.ramp(t * VEC, 1, VEC)] = T.broadcast(zero, VEC)
+                    for kq in range(kk):
+                        for i in T.unroll(mr):
+                            for j in T.unroll(nr):
+                                mac(acc, (i * nr + j) * VEC, Af[b_ * a_stride_b + (m0 + i) * kk + kq],
+                                    Bf[T.ramp(b_ * b_stride_b + ((no * kk + kq) * nb + j * VEC) * pair, 1, vlen)])
+                    if m0 + mr <= m and no * nb + nb <= n:
+                        for i in T.unroll(mr):
+                            for j in T.unroll(nr):
+                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * VEC, 1, VEC)] = \
+                                    acc[T.ramp((i * nr + j) * VEC, 1, VEC)]
+                    else:
+                        # edge tile: copy out with constant indices (keeps `acc` in registers), then mask
+                        for t in T.unroll(mr * nr):
+                            edge[T.ramp(t * VEC, 1, VEC)] = acc[T.ramp(t * VEC, 1, VEC)]
+                        for i in range(mr):
+                            for jl in range(nb):
+                                if m0 + i < m and no * nb + jl < n:
+                                    C[(b_ * m + m0 + i) * n + no * nb + jl] = edge[i * nb + jl]
+
+    return gemm
+
+
+# -------------------------------------------------------------------------- packing (TE, at runtime)
+
+
+def _pair_i32(lo, hi):
+    """Two int16 values (as int32 expressions) packed into one int32, `lo` in the low half."""
+    return tirx.bitwise_or(tirx.shift_left(hi, tirx.const(16, "int32")),
+                           tirx.bitwise_and(lo, tirx.const(0xFFFF, "int32")))
+
+
+def pack_rows(x: te.Tensor, zero_point: int, mr: int, dtype: str = "int16") -> te.Tensor:
+    """A operand from activations x [*B, M, K]: [B, Mp, K2] int32 pairs of (x - zp), zero padded.
+
+    dtype "float32": [B, Mp, K] float32 (no pairs, no zero point).
+    """
+    shape = [int(v) for v in x.shape]
+    lead, m, k = shape[:-2], shape[-2], shape[-1]
+    batch = int(np.prod(lead)) if lead else 1
+    mp = _ceil(m, mr) * mr
+
+    def load(b, r, c):
+        idx, rem = [], b
+        for d in reversed(lead):
+            idx.append(tirx.floormod(rem, d))
+            rem = tirx.floordiv(rem, d)
+        return x[(*reversed(idx), r, c)]
+
+    if dtype == "float32":
+        return te.compute(
+            (batch, mp, k),
+            lambda b, r, c: te.if_then_else(r < m, load(b, tirx.min(r, m - 1), c).astype("float32"), 0.0),
+            name="pack_rows_f32")
+    zp = tirx.const(int(zero_point), "int32")
+
+    def val(b, r, c):
+        ok = tirx.all(r < m, c < k)
+        v = load(b, tirx.min(r, m - 1), tirx.min(c, k - 1)).astype("int32") - zp
+        return te.if_then_else(ok, v, tirx.const(0, "int32"))
+
+    return te.compute((batch, mp, _ceil(k, 2)), lambda b, r, q: _pair_i32(val(b, r, 2 * q), val(b, r, 2 * q + 1)),
+                      name="pack_rows_i16")
+
+
+def pack_panels(x: te.Tensor, zero_point: int, nr: int, dtype: str = "int16") -> te.Tensor:
+    """B operand from activations x [*B, K, N]: [B, NP, K2, NB, 2] int16 (x - zp), zero padded.
+
+    dtype "float32": [B, NP, K, NB] float32.
+    """
+    shape = [int(v) for v in x.shape]
+    lead, k, n = shape[:-2], shape[-2], shape[-1]
+    batch = int(np.prod(lead)) if lead else 1
+    nb = VEC * nr
+    npan = _ceil(n, nb)
+
+    def load(b, r, c):
+        idx, rem = [], b
+        for d in reversed(lead):
+            idx.append(tirx.floormod(rem, d))
+            rem = tirx.floordiv(rem, d)
+        return x[(*reversed(idx), r, c)]
+
+    if dtype == "float32":
+        return te.compute(
+            (batch, npan, k, nb),
+            lambda b, p, r, j: te.if_then_else(p * nb + j < n, load(b, r, tirx.min(p * nb + j, n - 1)), 0.0),
+            name="pack_panels_f32")
+    zp = tirx.const(int(zero_point), "int32")
+
+    def fcompute(b, p, q, j, t):
+        r, c = 2 * q + t, p * nb + j
+        ok = tirx.all(r < k, c < n)
+        v = load(b, tirx.min(r, k - 1), tirx.min(c, n - 1)).astype("int32") - zp
+        return te.if_then_else(ok, v, tirx.const(0, "int32")).astype("int16")
+
+    return te.compute((batch, npan, _ceil(k, 2), nb, 2), fcompute, name="pack_panels_i16")
+
+
+def pack_conv_panels(x: te.Tensor, zero_point: int, nr: int, *, kernel, strides, padding, dilation,
+                     dtype: str = "int16") -> te.Tensor:
+    """B operand of a conv (groups = 1) from x [N, C, H, W]: im2col panels, K = C*KH*KW, columns = OH*OW.
+
+    [N, NP, K2, NB, 2] int16 (x - zp; padding and tile padding 0), or [N, NP, K, NB] float32.
+    """
+    n_, c_, h_, w_ = (int(v) for v in x.shape)
+    kh, kw = (int(v) for v in kernel)
+    sh, sw = (int(v) for v in strides)
+    pt, pl, pb, pr = (int(v) for v in padding)
+    dh, dw = (int(v) for v in dilation)
+    oh = (h_ + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    k, cols = c_ * kh * kw, oh * ow
+    nb = VEC * nr
+    npan = _ceil(cols, nb)
+    is_int = dtype == "int16"
+    zp = tirx.const(int(zero_point), "int32")
+
+    def val(b, r, col):
+        c = tirx.floordiv(r, kh * kw)
+        ky = tirx.floordiv(tirx.floormod(r, kh * kw), kw)
+        kx = tirx.floormod(r, kw)
+        oy, ox = tirx.floordiv(col, ow), tirx.floormod(col, ow)
+        iy, ix = oy * sh + ky * dh - pt, ox * sw + kx * dw - pl
+        ok = tirx.all(r < k, col < cols, iy >= 0, iy < h_, ix >= 0, ix < w_)
+        v = x[b, tirx.min(c, c_ - 1), tirx.max(tirx.min(iy, h_ - 1), 0), tirx.max(tirx.min(ix, w_ - 1), 0)]
+        if is_int:
+            return te.if_then_else(ok, v.astype("int32") - zp, tirx.const(0, "int32")).astype("int16")
+        return te.if_then_else(ok, v.astype("float32"), tirx.const(0.0, "float32"))
+
+    if is_int:
+        return te.compute((n_, npan, _ceil(k, 2), nb, 2),
+                          lambda b, p, q, j, t: val(b, 2 * q + t, p * nb + j), name="pack_conv_panels_i16")
+    return te.compute((n_, npan, k, nb), lambda b, p, r, j: val(b, r, p * nb + j), name="pack_conv_panels_f32")
+
+
+# ----------------------------------------------------------------------- packing (NumPy, compile time)
+
+
+def pack_weight_rows(w2d: np.ndarray, mr: int, dtype: str = "int16") -> np.ndarray:
+    """A operand from a constant [M, K] matrix (conv weights O x C*KH*KW): [1, Mp, K2] int32 pairs or
+    [1, Mp, K] float32."""
+    m, k = w2d.shape
+    mp = _ceil(m, mr) * mr
+    if dtype == "float32":
+        out = np.zeros((1, mp, k), np.float32)
+        out[0, :m] = w2d
+        return out
+    out = np.zeros((mp, _ceil(k, 2) * 2), np.int16)
+    out[:m, :k] = w2d
+    return out.view(np.int32).reshape(1, mp, -1).copy()
+
+
+def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16") -> np.ndarray:
+    """B operand from a constant dense weight [N, K] (out = x @ w.T): [1, NP, K2, NB, 2] int16 or
+    [1, NP, K, NB] float32."""
+    n, k = w_nk.shape
+    nb = VEC * nr
+    npan = _ceil(n, nb)
+    if dtype == "float32":
+        full = np.zeros((npan * nb, k), np.float32)
+        full[:n] = w_nk
+        return full.reshape(npan, nb, k).transpose(0, 2, 1).reshape(1, npan, k, nb).copy()
+    k2 = _ceil(k, 2)
+    full = np.zeros((npan * nb, k2 * 2), np.int16)
+    full[:n, :k] = w_nk
+    return full.reshape(npan, nb, k2, 2).transpose(0, 2, 1, 3).reshape(1, npan, k2, nb, 2).copy()
+
+
+# ------------------------------------------------------------------------------------- depthwise conv
+
+
+def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_dtype: str,
+                   data_zero_point: int = 0, out_dtype: str = "float32"):
+    """PrimFunc ``main(data, weight, out)`` of a depthwise conv (one filter per channel) on float32 FMA.
+
+    data [N, C, H, W] (uint8/int16 with `data_zero_point`, or float32), weight [C, KH*KW] float32 (integer
+    weights are passed as their exact float values), out [N, C, OH, OW] `out_dtype`.
+    Integer inputs are exact: every product is an integer below 2^15 * 2^7 and the sum of at most
+    KH*KW of them stays below 2^24, where float32 represents integers exactly (checked).
+    One parallel task per (image, channel): the channel's zero-padded plane (zero point removed) is built in
+    the task, then each output row is computed 8 columns at a time with one FMA per tap.
+    """
+    n_, c_, h_, w_ = (int(v) for v in data_shape)
+    kh, kw = (int(v) for v in kernel_size)
+    sh, sw = (int(v) for v in strides)
+    pt, pl, pb, pr = (int(v) for v in padding)
+    dh, dw = (int(v) for v in dilation)
+    oh = (h_ + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    hp = h_ + pt + pb
+    taps = kh * kw
+    if data_dtype != "float32":
+        bound = (255 if data_dtype == "uint8" else 65535) * 128 * taps
+        if bound >= 2**24:
+            raise ValueError(f"depthwise {kh}x{kw} on {data_dtype} is not exact in float32 (bound {bound})")
+    zp = float(data_zero_point)
+    xblocks = -(-ow // VEC)
+    full = ow // VEC
+    # The padded plane is stored as `sw` column phases, phase r holding padded columns r, r + sw, ...,
+    # so that every tap reads 8 consecutive floats whatever the stride. Each phase is wide enough for
+    # whole 8-column blocks (the last block's extra lanes read zeros and are not stored).
+    wq = xblocks * VEC + ((kw - 1) * dw) // sw + 1
+    plane_size = sw * hp * wq
+
+    @T.prim_func
+    def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
+             Y_nd: T.Buffer((n_, c_, oh, ow), out_dtype)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
+        Y = T.decl_buffer((n_ * c_ * oh * ow,), out_dtype, data=Y_nd.data)
+        for task in T.parallel(n_ * c_):
+            plane = T.alloc_buffer((plane_size,), "float32", scope="global")
+            acc = T.alloc_buffer((VEC,), "float32", scope="global")
+            edge = T.alloc_buffer((VEC,), "float32", scope="global")
+            c = task % c_
+            for i in range(plane_size):
+                plane[i] = T.float32(0)
+            for y in range(h_):
+                for r in T.unroll(sw):
+                    # phase r holds padded columns r + sw * q, i.e. input columns x = r + sw * q - pl
+                    for q in range((pl - r + sw - 1) // sw, (w_ + pl - r + sw - 1) // sw):
+                        plane[(r * hp + y + pt) * wq + q] = \
+                            T.Cast("float32", X[(task * h_ + y) * w_ + r + sw * q - pl]) - T.float32(zp)
+            for oy in range(oh):
+                for xo in range(xblocks):
+                    acc[T.ramp(0, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+                    for ky in T.unroll(kh):
+                        for kx in T.unroll(kw):
+                            acc[T.ramp(0, 1, VEC)] = T.call_llvm_pure_intrin(
+                                "float32x8", "llvm.fma.v8f32", T.broadcast(Wt[c * taps + ky * kw + kx], VEC),
+                                plane[T.ramp(((kx * dw) % sw * hp + oy * sh + ky * dh) * wq
+                                             + xo * VEC + (kx * dw) // sw, 1, VEC)],
+                                acc[T.ramp(0, 1, VEC)])
+                    if xo < full:
+                        Y[T.ramp((task * oh + oy) * ow + xo * VEC, 1, VEC)] = T.Cast(
+                            out_dtype + "x8", acc[T.ramp(0, 1, VEC)])
+                    else:
+                        edge[T.ramp(0, 1, VEC)] = acc[T.ramp(0, 1, VEC)]
+                        for xt in range(ow - full * VEC):
+                            Y[(task * oh + oy) * ow + full * VEC + xt] = T.Cast(out_dtype, edge[xt])
+
+    return main

@@ -1,0 +1,93 @@
+"""Relax emission of layers on the x86 AVX2 kernels (`tvm_mpq.kernels.x86_avx2`).
+
+Each function emits the packing of the runtime operand (a TE compute, which FuseOps fuses with the
+quantize in front of it), the packed constant operand (packed here, at compile time) and one `call_tir`
+of the GEMM or depthwise PrimFunc. It returns the raw accumulator with the shape and dtype the generic
+kernels return (int32 for 8-bit activations, float32 for FP32 layers), so requantization is shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..graph import Workload
+from ..kernels import x86_avx2 as k
+
+# op support of the fast path: conv2d with groups 1 or depthwise, dense, activation x activation matmul
+
+
+def supports(wl: Workload, act_dtype: str) -> bool:
+    """Whether the AVX2 kernels implement this workload with activations of `act_dtype`."""
+    if act_dtype not in ("uint8", "float32"):
+        return False  # 16-bit activations need int64 accumulation: generic kernels
+    if wl.op == "conv2d":
+        if len(wl.input_shape) != 4:
+            return False
+        c = wl.input_shape[1]
+        o, cg = wl.weight_shape[0], wl.weight_shape[1]
+        if wl.groups == 1:
+            return act_dtype == "float32" or cg * wl.weight_shape[2] * wl.weight_shape[3] <= k.MAX_EXACT_K
+        return wl.groups == c == o and cg == 1  # depthwise
+    if wl.op == "linear":
+        return act_dtype == "float32" or wl.weight_shape[1] <= k.MAX_EXACT_K
+    if wl.op == "matmul":
+        return len(wl.input_shape) >= 2 and (act_dtype == "float32" or wl.input_shape[-1] <= k.MAX_EXACT_K)
+    return False
+
+
+def _call(bb, func, name: str, args, shape, dtype):
+    gv = bb.add_func(func.without_attr("global_symbol"), name)  # named by the module, not by TVMScript
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
+
+
+def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16"):
+    """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
+    constant weight [O, C/g, KH, KW] (integer values, or float32) → accumulator [N, O, OH, OW]."""
+    n, c = wl.input_shape[0], wl.input_shape[1]
+    o, cg, kh, kw = wl.weight_shape
+    oh, ow = wl.output_shape[2], wl.output_shape[3]
+    out_dtype = "int32" if dtype == "int16" else "float32"
+    if wl.groups != 1:  # depthwise
+        func = k.depthwise_func(wl.input_shape, (kh, kw), strides=wl.strides, padding=wl.padding,
+                                dilation=wl.dilation, data_dtype="uint8" if dtype == "int16" else "float32",
+                                data_zero_point=zero_point, out_dtype=out_dtype)
+        w = relax.const(np.ascontiguousarray(weight.reshape(o, kh * kw), dtype=np.float32).reshape(-1))
+        return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype)
+    cols = oh * ow
+    tiling = k.choose_tiling(n, o, cols)
+    a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
+    b = bb.emit_te(k.pack_conv_panels, x, zero_point, tiling.nr, kernel=(kh, kw), strides=wl.strides,
+                   padding=wl.padding, dilation=wl.dilation, dtype=dtype)
+    func = k.gemm_func(n, o, cols, cg * kh * kw, tiling, dtype=dtype, a_batched=False, b_batched=True,
+                       out_shape=(n, o, oh, ow))
+    return _call(bb, func, "avx2_gemm", [a, b], (n, o, oh, ow), out_dtype)
+
+
+def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16"):
+    """x [M, K] @ weight[N, K].T with a constant weight → accumulator [M, N]."""
+    m, kk = (int(v) for v in x.ty.shape)
+    nn = int(weight.shape[0])
+    out_dtype = "int32" if dtype == "int16" else "float32"
+    tiling = k.choose_tiling(1, m, nn)
+    a = bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
+    b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype))
+    func = k.gemm_func(1, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=False, out_shape=(m, nn))
+    return _call(bb, func, "avx2_gemm", [a, b], (m, nn), out_dtype)
+
+
+def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16"):
+    """a [*B, M, K] @ b [*B, K, N] (both runtime tensors, same batch dims) → accumulator [*B, M, N]."""
+    ash = [int(v) for v in a.ty.shape]
+    bsh = [int(v) for v in b.ty.shape]
+    if ash[:-2] != bsh[:-2]:
+        raise ValueError(f"matmul batch dims differ: {ash} @ {bsh}")
+    lead, m, kk, nn = ash[:-2], ash[-2], ash[-1], bsh[-1]
+    batch = int(np.prod(lead)) if lead else 1
+    out_dtype = "int32" if dtype == "int16" else "float32"
+    tiling = k.choose_tiling(batch, m, nn)
+    pa = bb.emit_te(k.pack_rows, a, a_zero_point, tiling.mr, dtype=dtype)
+    pb = bb.emit_te(k.pack_panels, b, b_zero_point, tiling.nr, dtype=dtype)
+    func = k.gemm_func(batch, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=True,
+                       out_shape=(*lead, m, nn))
+    return _call(bb, func, "avx2_gemm", [pa, pb], (*lead, m, nn), out_dtype)
