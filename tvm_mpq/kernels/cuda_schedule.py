@@ -94,7 +94,9 @@ def schedule_rules() -> list:
 
 
 def _apply_schedule(log: Optional[dict]):
-    """dlight's ApplyDefaultSchedule with `schedule_rules()`; `log` gets {PrimFunc name: rule name}."""
+    """dlight's ApplyDefaultSchedule with `schedule_rules()`, except that a rule which raises on a function
+    (dlight's Matmul does on a GEMM fused with a consumer it cannot inline) passes it to the next rule;
+    `log` gets {PrimFunc name: rule name, with the rules that failed before it}."""
     import tvm
     from tvm import tirx
 
@@ -107,12 +109,17 @@ def _apply_schedule(log: Optional[dict]):
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
+            failed = []
             for rule in rules:
-                sch = rule.apply(func, target, False)
+                try:
+                    sch = rule.apply(func, target, False)
+                except Exception as err:  # noqa: BLE001 - a rule that cannot handle this function: try the next
+                    failed.append(f"{type(rule).__name__}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+                    continue
                 if sch is not None:
                     updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     if log is not None:
-                        log[gvar.name_hint] = type(rule).__name__
+                        log[gvar.name_hint] = type(rule).__name__ + (f" (after {'; '.join(failed)})" if failed else "")
                     break
         for gvar, func in updated.items():
             mod[gvar] = func
