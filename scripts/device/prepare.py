@@ -103,19 +103,19 @@ def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tup
 
 
 def mixed_plan_layers(graph, profile) -> dict[str, str]:
-    """A hand-written mixed plan, per quantizer group: FP16 for groups holding the first or last layer, a
-    depthwise conv or an activation x activation matmul; W4A16 for groups of batch-1 linear layers (GEMV:
-    memory-bound, where 4-bit weights pay); W8A8 for the rest. A choice the profile lacks becomes FP16, else FP32."""
+    """A hand-written mixed plan, per quantizer group: W4A16 for groups of batch-1 linear layers (GEMV:
+    memory-bound, where 4-bit weights can pay); FP16 for groups holding the first or last layer, a depthwise
+    conv or an activation x activation matmul; W8A8 for the rest. A choice the profile lacks becomes FP16, else FP32."""
     names = list(graph.layers)
     ends = {names[0], names[-1]}
     layers = {}
     for group in graph.groups:
         members = [graph.layers[n] for n in group.layers]
-        if ends & set(group.layers) or any(
+        if all(m.op_type == "linear" and int(np.prod(m.workload.input_shape[:-1])) == 1 for m in members):
+            choice = "W4A16"
+        elif ends & set(group.layers) or any(
                 m.op_type == "matmul" or (m.op_type == "conv2d" and m.workload.groups > 1) for m in members):
             choice = "FP16"
-        elif all(m.op_type == "linear" and int(np.prod(m.workload.input_shape[:-1])) == 1 for m in members):
-            choice = "W4A16"
         else:
             choice = "W8A8"
         for fallback in ("FP16", "FP32"):
