@@ -394,3 +394,192 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                             Y[(task * oh + oy) * ow + full * VEC + xt] = T.Cast(out_dtype, edge[xt])
 
     return main
+
+
+# ------------------------------------------------------------------------ direct conv (KxK, strided)
+# im2col of a KxK conv writes KH*KW copies of its input; the direct conv reads a once-packed input instead.
+# Input layout [N, SW, C2, Hp, Wq, 2] int16 (float32: [N, SW, C, Hp, Wq]): zero-point-free values of channel
+# pairs (2q, 2q+1) side by side, rows padded, columns split into SW phases (padded column X lives in phase
+# X % SW at X // SW), so that for every tap the 8 output columns of a vector read 8 consecutive entries.
+
+
+@dataclass(frozen=True)
+class DirectConvGeometry:
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+
+    @property
+    def oh(self) -> int:
+        return (self.h + self.pt + self.pb - self.dh * (self.kh - 1) - 1) // self.sh + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + self.pl + self.pr - self.dw * (self.kw - 1) - 1) // self.sw + 1
+
+    @property
+    def hp(self) -> int:
+        return self.h + self.pt + self.pb
+
+    def wq(self, nb: int) -> int:
+        """Phase width: whole column blocks plus the farthest tap, whatever the real width."""
+        return _ceil(self.ow, nb) * nb + ((self.kw - 1) * self.dw) // self.sw + 1
+
+
+def direct_conv_geometry(x_shape, w_shape, strides, padding, dilation) -> DirectConvGeometry:
+    n, c, h, w = (int(v) for v in x_shape)
+    o, _, kh, kw = (int(v) for v in w_shape)
+    sh, sw = (int(v) for v in strides)
+    pt, pl, pb, pr = (int(v) for v in padding)
+    dh, dw = (int(v) for v in dilation)
+    return DirectConvGeometry(n, c, h, w, o, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw)
+
+
+def choose_row_tiling(g: DirectConvGeometry, threads: int = 2) -> GemmTiling:
+    """MR 4 rows x NR vectors of one output row: the widest NR that wastes at most 15 % of the lanes."""
+    mr = 4 if g.o >= 4 else g.o
+    best = None
+    for nr in (3, 2, 1):
+        eff = g.ow / (_ceil(g.ow, VEC * nr) * VEC * nr)
+        if eff >= 0.85:
+            best = nr
+            break
+        if best is None or eff > best[1]:
+            best = (nr, eff) if best is None or isinstance(best, tuple) else best
+    nr = best if isinstance(best, int) else best[0]
+    tasks = g.n * g.oh * _ceil(g.ow, VEC * nr)
+    mc, mblocks = 1, _ceil(g.o, mr)
+    while tasks * mc < 4 * threads and mc * 2 <= mblocks:
+        mc *= 2
+    return GemmTiling(mr, nr, mc)
+
+
+def pack_conv_input(x: te.Tensor, zero_point: int, g: DirectConvGeometry, nb: int, dtype: str = "int16"):
+    """The direct conv's input layout (see above) from x [N, C, H, W]; padding and spare lanes are 0."""
+    wq = g.wq(nb)
+    zp = tirx.const(int(zero_point), "int32")
+
+    def val(b, r, c, yp, xq):
+        y, xx = yp - g.pt, xq * g.sw + r - g.pl
+        ok = tirx.all(c < g.c, y >= 0, y < g.h, xx >= 0, xx < g.w)
+        v = x[b, tirx.min(c, g.c - 1), tirx.max(tirx.min(y, g.h - 1), 0), tirx.max(tirx.min(xx, g.w - 1), 0)]
+        if dtype == "int16":
+            return te.if_then_else(ok, v.astype("int32") - zp, tirx.const(0, "int32")).astype("int16")
+        return te.if_then_else(ok, v.astype("float32"), tirx.const(0.0, "float32"))
+
+    if dtype == "int16":
+        return te.compute((g.n, g.sw, _ceil(g.c, 2), g.hp, wq, 2),
+                          lambda b, r, q, yp, xq, t: val(b, r, 2 * q + t, yp, xq), name="pack_conv_input_i16")
+    return te.compute((g.n, g.sw, g.c, g.hp, wq), val, name="pack_conv_input_f32")
+
+
+def pack_direct_conv_weight(w: np.ndarray, mr: int, dtype: str = "int16") -> np.ndarray:
+    """A operand of the direct conv from weights [O, C, KH, KW]: [1, Mp, C2*KH*KW] int32 channel pairs per tap
+    (index (q*KH + ky)*KW + kx), or [1, Mp, C*KH*KW] float32."""
+    o, c, kh, kw = w.shape
+    mp = _ceil(o, mr) * mr
+    if dtype == "float32":
+        out = np.zeros((1, mp, c * kh * kw), np.float32)
+        out[0, :o] = w.reshape(o, -1)
+        return out
+    c2 = _ceil(c, 2)
+    full = np.zeros((mp, c2 * 2, kh, kw), np.int16)
+    full[:o, :c] = w
+    # [Mp, C2, 2, KH, KW] -> [Mp, C2, KH, KW, 2]: the pair (2q, 2q+1) adjacent for each tap
+    pairs = full.reshape(mp, c2, 2, kh, kw).transpose(0, 1, 3, 4, 2).copy()
+    return pairs.view(np.int32).reshape(1, mp, c2 * kh * kw).copy()
+
+
+def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "int16"):
+    """PrimFunc ``main(A, X, C)``: conv of the packed input X with packed weights A → C [N, O, OH, OW]
+    (int32, or float32). One task per (image, output row, column block, row chunk); the MR x NR register
+    tile accumulates over channel pairs x taps with `vpmaddwd` (float32: FMA)."""
+    is_int = dtype == "int16"
+    pair = 2 if is_int else 1
+    cc = _ceil(g.c, 2) if is_int else g.c  # reduction over channel pairs (or channels)
+    kk = cc * g.kh * g.kw
+    if is_int and g.c * g.kh * g.kw > MAX_EXACT_K:
+        raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}")
+    mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
+    nb = tiling.nb
+    mp = _ceil(g.o, mr) * mr
+    mblocks = mp // mr
+    per_chunk = _ceil(mblocks, mc)
+    oh, ow, hp, wq = g.oh, g.ow, g.hp, g.wq(nb)
+    xb = _ceil(ow, nb)
+    tasks = g.n * oh * xb * mc
+    acc_t, a_t, x_t = ("int32", "int32", "int16") if is_int else ("float32", "float32", "float32")
+    vlen = VEC * pair
+    plane = hp * wq * pair          # one channel (pair) of one phase
+    phase = cc * plane
+    image = g.sw * phase
+    x_shape = (g.n, g.sw, cc, hp, wq, 2) if is_int else (g.n, g.sw, cc, hp, wq)
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    o = g.o
+
+    if is_int:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
+    else:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
+                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
+
+    zero = T.int32(0) if is_int else T.float32(0)
+
+    @T.prim_func
+    def main(A: T.Buffer((1, mp, kk), a_t), X_nd: T.Buffer(x_shape, x_t), C_nd: T.Buffer((g.n, o, oh, ow), acc_t)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        Af = T.decl_buffer((mp * kk,), a_t, data=A.data)
+        Xf = T.decl_buffer((g.n * image,), x_t, data=X_nd.data)
+        C = T.decl_buffer((g.n * o * oh * ow,), acc_t, data=C_nd.data)
+        for task in T.parallel(tasks):
+            acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            edge = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            b_ = task // (oh * xb * mc)
+            oy = task % (oh * xb * mc) // (xb * mc)
+            bx = task % (xb * mc) // mc
+            ch = task % mc
+            for mo_i in range(per_chunk):
+                if ch * per_chunk + mo_i < mblocks:
+                    m0 = (ch * per_chunk + mo_i) * mr
+                    for t in T.unroll(mr * nr):
+                        acc[T.ramp(t * VEC, 1, VEC)] = T.broadcast(zero, VEC)
+                    for q in range(cc):
+                        for ky in range(kh):
+                            for kx in T.unroll(kw):
+                                for i in T.unroll(mr):
+                                    for j in T.unroll(nr):
+                                        mac(acc, (i * nr + j) * VEC, Af[(m0 + i) * kk + (q * kh + ky) * kw + kx],
+                                            Xf[T.ramp(b_ * image + (kx * dw) % sw * phase + q * plane
+                                                      + ((oy * sh + ky * dh) * wq + bx * nb + j * VEC
+                                                         + (kx * dw) // sw) * pair, 1, vlen)])
+                    if m0 + mr <= o and bx * nb + nb <= ow:
+                        for i in T.unroll(mr):
+                            for j in T.unroll(nr):
+                                C[T.ramp(((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + j * VEC, 1, VEC)] = \
+                                    acc[T.ramp((i * nr + j) * VEC, 1, VEC)]
+                    else:
+                        for t in T.unroll(mr * nr):
+                            edge[T.ramp(t * VEC, 1, VEC)] = acc[T.ramp(t * VEC, 1, VEC)]
+                        for i in range(mr):
+                            for jl in range(nb):
+                                if m0 + i < o and bx * nb + jl < ow:
+                                    C[((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + jl] = edge[i * nb + jl]
+
+    return main

@@ -54,7 +54,16 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
                                 data_zero_point=zero_point, out_dtype=out_dtype)
         w = relax.const(np.ascontiguousarray(weight.reshape(o, kh * kw), dtype=np.float32).reshape(-1))
         return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype)
-    cols = oh * ow
+    if (kh, kw) != (1, 1) or tuple(wl.strides) != (1, 1) or any(wl.padding):
+        # KxK / strided / padded: direct conv on a once-packed input (no im2col copies)
+        g = k.direct_conv_geometry(wl.input_shape, wl.weight_shape, wl.strides, wl.padding, wl.dilation)
+        tiling = k.choose_row_tiling(g)
+        a = relax.const(k.pack_direct_conv_weight(weight, tiling.mr, dtype))
+        xp = bb.emit_te(lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
+                        primfunc_name_hint="pack_conv_input")
+        return _call(bb, k.direct_conv_func(g, tiling, dtype), "avx2_direct_conv", [a, xp], (n, o, oh, ow),
+                     out_dtype)
+    cols = oh * ow  # pointwise: a GEMM over the flattened pixels
     tiling = k.choose_tiling(n, o, cols)
     a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
     b = bb.emit_te(k.pack_conv_panels, x, zero_point, tiling.nr, kernel=(kh, kw), strides=wl.strides,
