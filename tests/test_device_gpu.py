@@ -139,7 +139,8 @@ def test_mixed_plan_respects_groups_and_profile(prepare):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     """A W8A8 and a W4A16 linear for sm_90: the integer GEMM gets IntegerMatmul, nvcc writes an sm_90 fatbin,
-    and the exported library holds the CUDA module (its source, which the fatbin is keyed by)."""
+    the exported library holds the CUDA module (its source, which the fatbin is keyed by), and the runtime
+    bundle loading the library asks the measure script's callback for exactly that fatbin."""
     from tvm_mpq.graph import Workload
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import cuda_schedule
@@ -148,6 +149,7 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     profile = load_profile("cuda_sm90")
     target = profile.tvm_target()
     wl = Workload("linear", (64, 128), (96, 128), (64, 96), has_bias=True).key()
+    libs = []
     for cand in ("W8A8", "W4A16"):
         mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96))
         log, lifted = {}, []
@@ -165,6 +167,52 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
         blob = lib.read_bytes()
         kernel_name = sources[0].split('extern "C" __global__ void')[1].split("(")[0].strip().split()[-1]
         assert kernel_name.encode() in blob  # the CUDA module travels inside the library
+        libs.append((lib, keys[0]))
+    if shutil.which("gcc") is None:
+        return
+    # Load the libraries as the GPU host does: runtime-only bundle, TVM's CUDA runtime module, kernels from the
+    # folder. No GPU here: a stand-in libcuda.so.1 whose calls all fail lets the CUDA runtime library load;
+    # loading a library hands each CUDA source to the compile callback, which must find the fatbin made above.
+    (tmp_path / "stub.c").write_text(CUDA_STUB)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcuda.so.1"), "-Wl,-soname,libcuda.so.1",
+                    str(tmp_path / "stub.c")], check=True)
+    bundle = tmp_path / "runtime"
+    _script("bundle_runtime").build_bundle(bundle)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITH_STUB, str(tmp_path / "libcuda.so.1"), str(ROOT / "scripts" / "device"),
+         str(bundle), str(tmp_path / "kernels"), *[str(lib) for lib, _ in libs]],
+        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["tvm"].startswith(str(bundle))
+    assert got["seen"] == [key for _, key in libs]  # each library asked for exactly its cross-compiled kernels
+
+
+CUDA_STUB = r"""
+#define STUB(name) int name(void) { return 100; }  /* CUDA_ERROR_NO_DEVICE */
+STUB(cuDeviceGetName) STUB(cuFuncSetAttribute) STUB(cuLaunchKernelEx) STUB(cuModuleGetFunction)
+STUB(cuModuleLoadData) STUB(cuModuleUnload) STUB(cuTensorMapEncodeTiled)
+int cuGetErrorName(int e, const char** s) { *s = "CUDA_ERROR_NO_DEVICE"; return 0; }
+int cuGetErrorString(int e, const char** s) { *s = "no CUDA driver (stand-in libcuda)"; return 0; }
+"""
+
+LOAD_WITH_STUB = r"""
+import ctypes, json, sys
+stub, scripts, bundle, kernels, *libs = sys.argv[1:]
+ctypes.CDLL(stub, mode=ctypes.RTLD_GLOBAL)
+sys.path.insert(0, scripts)
+import measure
+tvm = measure.load_runtime(bundle, "cuda", kernels)
+import tvm_ffi
+seen, lookup = [], measure.kernel_lookup(kernels)
+def spy(code):
+    seen.append(measure.kernel_key(code))
+    return lookup(code)
+tvm_ffi.register_global_func("tvm_callback_cuda_compile", spy, override=True)
+for lib in libs:
+    tvm.runtime.load_module(lib)
+print(json.dumps({"seen": seen, "tvm": tvm.__file__}))
+"""
 
 
 @pytest.mark.slow
