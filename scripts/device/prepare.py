@@ -41,9 +41,8 @@ def _specs(arrays) -> list[dict]:
 
 def compile_for(mod, target, kernel_dir: Path):
     """(executable, {"weights", "kernels", "schedule"}) for `mod` on `target`. CUDA: the GPU schedule,
-    weights lifted to parameters, kernels cross-compiled with nvcc. Other targets: TVM's default build."""
-    import tvm
-
+    weights lifted to parameters, kernels cross-compiled with nvcc. Other targets: the compile path's own
+    build (`tvm_mpq.build.compile_module`)."""
     if target.kind.name == "cuda":
         from tvm_mpq.kernels import cuda_schedule
 
@@ -52,7 +51,9 @@ def compile_for(mod, target, kernel_dir: Path):
         keys = cuda_schedule.cross_compile_kernels(executable, target, kernel_dir)
         return executable, {"weights": [{"shape": s, "dtype": d} for s, d in lifted], "kernels": keys,
                             "schedule": log}
-    return tvm.compile(mod, target=target), {"weights": [], "kernels": [], "schedule": {}}
+    from tvm_mpq.build import compile_module
+
+    return compile_module(mod, target), {"weights": [], "kernels": [], "schedule": {}}
 
 
 def _export(executable, path: Path) -> None:
@@ -73,8 +74,10 @@ def _cached(entry_path: Path, lib: Path):
 
 def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tuple[list, list]:
     """Compile and export each task; returns (entries, failures)."""
+    from tvm_mpq.kernels import kernel_library
     from tvm_mpq.measure.tasks import build_task_module
 
+    kernels = kernel_library(target)  # the kernel library the compiled model uses, as the profiler does
     entries, failed = [], []
     for i, task in enumerate(tasks):
         tid = task_id(task)
@@ -84,7 +87,7 @@ def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tup
         if entry is None:
             start = time.perf_counter()
             try:
-                mod, inputs = build_task_module(task)
+                mod, inputs = build_task_module(task, kernels=kernels)
                 executable, extra = compile_for(mod, target, out / "kernels")
                 _export(executable, lib)
             except Exception as err:  # one task must not stop the others; it is listed
@@ -132,6 +135,7 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
     """Compile `spec` at each plan; returns (entries, failures)."""
     from tvm_mpq.build import lower
     from tvm_mpq.frontend import import_model
+    from tvm_mpq.kernels import kernel_library
     from tvm_mpq.pipeline import make_plan
     from tvm_mpq.plan import Plan
     from tvm_mpq.simulate import Simulator
@@ -158,7 +162,8 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
             try:
                 draft = Plan(mixed_plan_layers(imported.graph, profile)) if plan == "mixed" else plan
                 resolved = make_plan(draft, imported, profile, stats, "minmax", spec.name)
-                executable, extra = compile_for(lower(imported, resolved), target, out / "kernels")
+                mod = lower(imported, resolved, kernel_library(target))
+                executable, extra = compile_for(mod, target, out / "kernels")
                 _export(executable, lib)
             except Exception as err:
                 failed.append({"model": spec.name, "plan": plan, "error": f"{type(err).__name__}: {err}"[:2000],
