@@ -114,7 +114,8 @@ def _apply_schedule(log: Optional[dict]):
                 try:
                     sch = rule.apply(func, target, False)
                 except Exception as err:  # noqa: BLE001 - a rule that cannot handle this function: try the next
-                    failed.append(f"{type(rule).__name__}: {type(err).__name__}: {(str(err).splitlines() or [""])[0][:120]}")
+                    first_line = (str(err).splitlines() or [""])[0][:120]
+                    failed.append(f"{type(rule).__name__}: {type(err).__name__}: {first_line}")
                     continue
                 if sch is not None:
                     updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
