@@ -65,16 +65,34 @@ def cpu_schedule_pass() -> tvm.transform.Pass:
     return dl.ApplyDefaultSchedule(dl.cpu.Reduction(), CPUInjective())
 
 
-def cpu_pipeline(target) -> tvm.transform.Pass:
-    """TVM's default Relax CPU pipeline with `cpu_schedule_pass` after operator fusion."""
+def _fast_gelu(bb, call):
+    """GELU (erf form) with TVM's polynomial erf, which vectorizes (libm's erff does not)."""
+    from tvm import topi
+
+    x = call.args[0]
+    return bb.call_te(
+        lambda t: t * (tirx.const(0.5, t.dtype) + topi.fast_erf(t * tirx.const(0.7071067811865476, t.dtype))
+                       * tirx.const(0.5, t.dtype)), x, primfunc_name_hint="gelu")
+
+
+def cpu_pipeline(target, fast_math: bool = True) -> tvm.transform.Pass:
+    """TVM's default Relax CPU pipeline with `cpu_schedule_pass` after operator fusion.
+
+    `fast_math`: exp, erf, tanh and sigmoid of the float parts (softmax, GELU) become TVM's vectorizable
+    polynomial approximations (`relax.transform.FastMathTransform`) instead of scalar libm calls; their
+    error is at the float32 rounding level, so a value next to a quantization boundary can round to the
+    neighbouring integer (compiled vs simulated outputs then differ by one step there).
+    """
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as p
 
     @tvm.transform.module_pass(opt_level=0, name="TvmMpqCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
+            pre = [relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.gelu": _fast_gelu}),
+                   relax.transform.FastMathTransform()] if fast_math else []
             seq = tvm.transform.Sequential(
-                p.library_dispatch_passes(target) + p.legalize_passes(target) + [cpu_schedule_pass()]
+                pre + p.library_dispatch_passes(target) + p.legalize_passes(target) + [cpu_schedule_pass()]
                 + p.dataflow_lower_passes(target) + p.finalize_passes(target))
             return seq(mod)
 

@@ -60,20 +60,30 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def choose_tiling(batch: int, m: int, n: int, threads: int = 2) -> GemmTiling:
-    """Register tile for a GEMM shape: 4 x 24 (12 accumulators) by default, fewer rows for thin GEMMs.
+# Relative single-thread speed of the register tiles (MR rows x NR vectors) on full tiles, measured on Zen 3
+# for the EfficientNet-Lite0 / MiniLM-L6 GEMM shapes (vpmaddwd path; benchmarks/kernels_avx2.py). 4 x 3
+# needs 17 ymm registers with the product temporary, so one accumulator spills: slowest of the wide tiles.
+TILE_SPEED = {(5, 2): 1.0, (4, 2): 0.93, (3, 3): 0.93, (2, 4): 0.9, (6, 2): 0.85, (4, 3): 0.75, (3, 2): 0.8,
+              (2, 3): 0.75, (2, 2): 0.6, (1, 4): 0.45, (1, 3): 0.4, (1, 2): 0.3, (1, 1): 0.2, (2, 1): 0.3,
+              (3, 1): 0.35, (4, 1): 0.4, (5, 1): 0.45}
 
-    Chosen so that the accumulators, NR B vectors and one broadcast fit the 16 ymm registers; measured
-    best on Zen 3 for the EfficientNet-Lite0 / MiniLM-L6 shapes (benchmarks/kernels_avx2.py).
-    """
-    mr = 4 if m >= 4 else m
-    nr = 3 if n > 16 else (2 if n > 8 else 1)
-    if mr < 4 and nr == 3:
-        nr = 4 if m <= 2 else 3
+
+def _best_tile(m: int, n: int) -> tuple[int, int]:
+    """The tile with the best expected speed: tile speed x useful fraction of the padded rows and columns."""
+    def score(t):
+        mr, nr = t
+        return (TILE_SPEED[t] * m / (_ceil(m, mr) * mr)) * (n / (_ceil(n, VEC * nr) * VEC * nr))
+
+    return max(TILE_SPEED, key=score)
+
+
+def choose_tiling(batch: int, m: int, n: int, threads: int = 2) -> GemmTiling:
+    """Register tile for a GEMM shape (`_best_tile`), and how many row chunks give the thread pool enough
+    independent tasks when there are few column panels."""
+    mr, nr = _best_tile(m, n)
     panels = batch * _ceil(n, VEC * nr)
     m_blocks = _ceil(m, mr)
     m_chunks = 1
-    # enough independent tasks for the thread pool: split the rows when there are few column panels
     while panels * m_chunks < 4 * threads and m_chunks * 2 <= m_blocks:
         m_chunks *= 2
     return GemmTiling(mr, nr, m_chunks)
@@ -448,17 +458,8 @@ def direct_conv_geometry(x_shape, w_shape, strides, padding, dilation) -> Direct
 
 
 def choose_row_tiling(g: DirectConvGeometry, threads: int = 2) -> GemmTiling:
-    """MR 4 rows x NR vectors of one output row: the widest NR that wastes at most 15 % of the lanes."""
-    mr = 4 if g.o >= 4 else g.o
-    best = None
-    for nr in (3, 2, 1):
-        eff = g.ow / (_ceil(g.ow, VEC * nr) * VEC * nr)
-        if eff >= 0.85:
-            best = nr
-            break
-        if best is None or eff > best[1]:
-            best = (nr, eff) if best is None or isinstance(best, tuple) else best
-    nr = best if isinstance(best, int) else best[0]
+    """MR output channels x NR vectors of one output row (`_best_tile` over O x OW)."""
+    mr, nr = _best_tile(g.o, g.ow)
     tasks = g.n * g.oh * _ceil(g.ow, VEC * nr)
     mc, mblocks = 1, _ceil(g.o, mr)
     while tasks * mc < 4 * threads and mc * 2 <= mblocks:
