@@ -360,10 +360,12 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     zp = float(data_zero_point)
     xblocks = -(-ow // VEC)
     full = ow // VEC
+    unroll = min(4, xblocks)  # independent accumulators: one FMA chain per tap would wait on FMA latency
+    xgroups = -(-xblocks // unroll)
     # The padded plane is stored as `sw` column phases, phase r holding padded columns r, r + sw, ...,
     # so that every tap reads 8 consecutive floats whatever the stride. Each phase is wide enough for
-    # whole 8-column blocks (the last block's extra lanes read zeros and are not stored).
-    wq = xblocks * VEC + ((kw - 1) * dw) // sw + 1
+    # whole groups of 8-column blocks (extra lanes read zeros and are not stored).
+    wq = xgroups * unroll * VEC + ((kw - 1) * dw) // sw + 1
     plane_size = sw * hp * wq
 
     @T.prim_func
@@ -374,7 +376,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         Y = T.decl_buffer((n_ * c_ * oh * ow,), out_dtype, data=Y_nd.data)
         for task in T.parallel(n_ * c_):
             plane = T.alloc_buffer((plane_size,), "float32", scope="global")
-            acc = T.alloc_buffer((VEC,), "float32", scope="global")
+            acc = T.alloc_buffer((unroll * VEC,), "float32", scope="global")
             edge = T.alloc_buffer((VEC,), "float32", scope="global")
             c = task % c_
             for i in range(plane_size):
@@ -386,22 +388,25 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                         plane[(r * hp + y + pt) * wq + q] = \
                             T.Cast("float32", X[(task * h_ + y) * w_ + r + sw * q - pl]) - T.float32(zp)
             for oy in range(oh):
-                for xo in range(xblocks):
-                    acc[T.ramp(0, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+                for xg in range(xgroups):
+                    for u in T.unroll(unroll):
+                        acc[T.ramp(u * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
                     for ky in T.unroll(kh):
                         for kx in T.unroll(kw):
-                            acc[T.ramp(0, 1, VEC)] = T.call_llvm_pure_intrin(
-                                "float32x8", "llvm.fma.v8f32", T.broadcast(Wt[c * taps + ky * kw + kx], VEC),
-                                plane[T.ramp(((kx * dw) % sw * hp + oy * sh + ky * dh) * wq
-                                             + xo * VEC + (kx * dw) // sw, 1, VEC)],
-                                acc[T.ramp(0, 1, VEC)])
-                    if xo < full:
-                        Y[T.ramp((task * oh + oy) * ow + xo * VEC, 1, VEC)] = T.Cast(
-                            out_dtype + "x8", acc[T.ramp(0, 1, VEC)])
-                    else:
-                        edge[T.ramp(0, 1, VEC)] = acc[T.ramp(0, 1, VEC)]
-                        for xt in range(ow - full * VEC):
-                            Y[(task * oh + oy) * ow + full * VEC + xt] = T.Cast(out_dtype, edge[xt])
+                            for u in T.unroll(unroll):
+                                acc[T.ramp(u * VEC, 1, VEC)] = T.call_llvm_pure_intrin(
+                                    "float32x8", "llvm.fma.v8f32", T.broadcast(Wt[c * taps + ky * kw + kx], VEC),
+                                    plane[T.ramp(((kx * dw) % sw * hp + oy * sh + ky * dh) * wq
+                                                 + (xg * unroll + u) * VEC + (kx * dw) // sw, 1, VEC)],
+                                    acc[T.ramp(u * VEC, 1, VEC)])
+                    for u in T.unroll(unroll):
+                        if xg * unroll + u < full:
+                            Y[T.ramp((task * oh + oy) * ow + (xg * unroll + u) * VEC, 1, VEC)] = T.Cast(
+                                out_dtype + "x8", acc[T.ramp(u * VEC, 1, VEC)])
+                        elif xg * unroll + u < xblocks:
+                            edge[T.ramp(0, 1, VEC)] = acc[T.ramp(u * VEC, 1, VEC)]
+                            for xt in range(ow - full * VEC):
+                                Y[(task * oh + oy) * ow + full * VEC + xt] = T.Cast(out_dtype, edge[xt])
 
     return main
 
