@@ -66,17 +66,29 @@ class LatencyTable:
         }
 
 
-def build_table(graph: LayerGraph, profile, measurements, model=None, device: Optional[str] = None) -> LatencyTable:
+def build_table(graph: LayerGraph, profile, measurements, model=None, device: Optional[str] = None,
+                kernels: Optional[str] = None) -> LatencyTable:
     """Latency table from stored measurements (preferring `device`), else `model`, else the roofline.
 
-    `measurements`: iterable of store.Measurement for this profile; `model`: a trained LatencyModel or None.
+    `measurements`: iterable of store.Measurement for this profile; `model`: a trained LatencyModel or None;
+    `kernels`: the kernels id the model compiles with (`tvm_mpq.kernels.kernels_id`): measurements of
+    other kernels are ignored.
     """
+    from .kernels import UNVERSIONED
+
     best: dict[tuple[str, str, str], object] = {}
+    stale = 0
     for m in measurements:
+        if kernels is not None and m.meta.get("kernels", UNVERSIONED) != kernels:
+            stale += 1
+            continue
         key = (m.kind, m.workload, m.candidate)
         if key not in best or (device is not None and m.device == device):
             best[key] = m
     notes = []
+    if stale:
+        notes.append(f"{stale} measurements of other kernels than {kernels} ignored "
+                     f"(re-run `tvm-mpq profile` to measure the current ones)")
     if not best:
         notes.append(f"no measurements for profile {profile.name}: "
                      + ("latencies predicted by its cost model" if model is not None
@@ -163,4 +175,6 @@ def load_latency_table(graph: LayerGraph, profile, *, store_path=None, device: O
             measurements = store.query(profile=profile.name)
     model_path = latency_model_path(store_path, profile.name)
     model = LatencyModel.load(model_path) if model_path.exists() else None
-    return build_table(graph, profile, measurements, model, device)
+    from .kernels import kernels_id
+
+    return build_table(graph, profile, measurements, model, device, kernels_id(profile.tvm_target()))

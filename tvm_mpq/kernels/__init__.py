@@ -15,3 +15,15 @@ def kernel_library(target) -> str:
     except Exception:  # noqa: BLE001 - targets LLVM cannot describe (e.g. no mcpu for the triple)
         pass
     return "generic"
+
+
+# Bumped whenever a library's generated code changes speed, so measurements of older kernels are not mixed
+# with new ones: `tvm-mpq profile` re-measures them, the latency tables ignore them (and say so).
+KERNEL_VERSIONS = {"generic": 1, "x86_avx2": 1}
+UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
+
+
+def kernels_id(target) -> str:
+    """"library/version" of the kernels compiled for `target` (recorded with every measurement)."""
+    lib = kernel_library(target)
+    return f"{lib}/{KERNEL_VERSIONS[lib]}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..store import Measurement, MeasurementStore
+from ..kernels import UNVERSIONED as UNVERSIONED_KERNELS
 from .tasks import Task, build_task_module
 
 
@@ -115,12 +116,17 @@ def profile_tasks(
     tuning_dir: Optional[Path] = None,
 ) -> ProfileReport:
     """Measure the tasks not yet stored for (profile, device); commit each one as it completes."""
+    from ..kernels import kernels_id
+
     start = time.perf_counter()
     report = ProfileReport(total=len(tasks))
-    stored = {(k, w, c) for (w, c), k in _stored_keys(store, profile.name, device)}
+    target = profile.tvm_target()
+    kernels = kernels_id(target)
+    # measurements of other (older) kernels count as missing: they are measured again and replaced
+    stored = {(m.kind, m.workload, m.candidate) for m in store.query(profile=profile.name, device=device)
+              if m.meta.get("kernels", UNVERSIONED_KERNELS) == kernels}
     todo = [t for t in tasks if (t.kind, t.workload, t.candidate) not in stored]
     report.already_stored = len(tasks) - len(todo)
-    target = profile.tvm_target()
     trials = profile.measure.tuning_trials
     with tempfile.TemporaryDirectory(prefix="tvm_mpq_profile_") as tmp:
         workdir = Path(tmp)
@@ -143,7 +149,7 @@ def profile_tasks(
                 workload=task.workload, candidate=task.candidate, median_ms=timing.median_ms,
                 min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
                 repeats=len(timing.per_repeat_ms), number=runner.timing.number, tuning_trials=trials,
-                meta={"op": task.op, "macs": task.macs, "timed_on": timing.device,
+                meta={"op": task.op, "macs": task.macs, "timed_on": timing.device, "kernels": kernels,
                       "seconds": time.perf_counter() - task_start},  # compile + timing wall time
             ))
             report.measured += 1
@@ -151,12 +157,6 @@ def profile_tasks(
     progress(len(todo), len(todo), "done", 0.0)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _stored_keys(store: MeasurementStore, profile: str, device: str):
-    for kind in ("layer", "convert"):
-        for key in store.keys(profile, device, kind):
-            yield key, kind
 
 
 # ---------------------------------------------------------------------- the profiling job
@@ -186,12 +186,16 @@ def local_device_name() -> str:
 
 
 def train_latency_model(store: MeasurementStore, profile, store_path: Path, min_samples: int = 16):
-    """Fit and save the profile's latency model on every layer measurement of the profile; None if too few."""
+    """Fit and save the profile's latency model on every layer measurement of the profile made with the
+    target's current kernels; None if too few."""
     from ..cost_model.xgb import LatencyModel
+    from ..kernels import kernels_id
     from .tasks import workload_from_key
 
+    kernels = kernels_id(profile.tvm_target())
     samples = [(workload_from_key(m.workload), m.candidate, m.median_ms)
-               for m in store.query(profile=profile.name, kind="layer")]
+               for m in store.query(profile=profile.name, kind="layer")
+               if m.meta.get("kernels", UNVERSIONED_KERNELS) == kernels]
     if len(samples) < min_samples:
         return None
     model = LatencyModel(profile=profile.name).fit(samples)
