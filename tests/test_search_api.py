@@ -128,8 +128,9 @@ def test_profile_without_measurements_uses_the_roofline_and_says_so(tiny, tmp_pa
 
 
 def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp_path, x86_profile):
-    """Real measurements of this CPU's kernels (int4 unpacking makes W4A8 slow here, BOPs call it cheapest):
-    the two searches pick different plans, and the compiled latency-aware plan is faster."""
+    """Real measurements of this CPU's kernels (BOPs rank precisions by bit width; on this CPU W4A8 is no
+    faster than W8A8 and small layers gain little from int8 once their converts are paid): the two searches
+    pick different plans, and the compiled latency-aware plan is faster."""
     from tvm_mpq.build import build
     from tvm_mpq.frontend import import_model
     from tvm_mpq.measure.profiler import profile_model
@@ -148,11 +149,15 @@ def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp
     imported = import_model(tiny.module, tiny.example_inputs)
     stats = Simulator(imported).calibrate(tiny.calibration(24))
     example = [a.numpy() for a in tiny.example_inputs]
-    measured = {}
+    compiled = {}
     for label, result in (("latency", latency), ("bops", bops)):
         plan = make_plan(Plan(dict(result.plan.layers)), imported, x86_profile, stats, "minmax")
-        compiled = build(imported, plan, x86_profile.tvm_target())
-        # the fastest repeat: robust to other processes on a shared machine, which only ever add time
-        measured[label] = compiled.benchmark(example, number=20, repeat=15).min_ms
+        compiled[label] = build(imported, plan, x86_profile.tvm_target())
+    # the fastest repeat over interleaved rounds: robust to other processes on a shared machine, which only
+    # ever add time, and to load that changes between the two measurements
+    measured = {label: float("inf") for label in compiled}
+    for _ in range(3):
+        for label, model in compiled.items():
+            measured[label] = min(measured[label], model.benchmark(example, number=20, repeat=5).min_ms)
     print(f"\n[search] latency-aware plan {measured['latency']:.3f} ms vs BOPs-chosen {measured['bops']:.3f} ms")
     assert measured["latency"] < measured["bops"]
