@@ -156,6 +156,28 @@ def test_latency_table_sources(tiny_graph, x86_profile, tmp_path):
     assert predicted.layers[first]["W4A8"].source == PREDICTED and predicted.layers[first]["W8A8"].source == MEASURED
 
 
+def test_latency_table_ignores_measurements_of_other_kernels(tiny_graph, x86_profile):
+    """A table built for the current kernels drops measurements of older kernels (and says so), so kernel
+    generations never mix; measurements without a kernels record count as the first generic kernels."""
+    from tvm_mpq.kernels import UNVERSIONED, kernels_id
+    from tvm_mpq.store import Measurement
+
+    current = kernels_id(x86_profile.tvm_target())
+    assert current.startswith("x86_avx2/")
+    task = next(t for t in model_tasks(tiny_graph, x86_profile) if t.kind == LAYER and t.candidate == "W8A8")
+    old = Measurement("x86_avx2", "d", task.kind, task.workload, task.candidate, 5.0, 5.0, 5.0, 0.0, 3, 2)
+    new = Measurement("x86_avx2", "d", task.kind, task.workload, task.candidate, 0.5, 0.5, 0.5, 0.0, 3, 2,
+                      meta={"kernels": current})
+    layer = next(n for n, l in tiny_graph.layers.items() if l.workload.key() == task.workload)
+    only_old = build_table(tiny_graph, x86_profile, [old], kernels=current)
+    assert only_old.layers[layer]["W8A8"].source == ROOFLINE
+    assert any("other kernels" in n for n in only_old.notes)
+    both = build_table(tiny_graph, x86_profile, [old, new], kernels=current)
+    assert both.layers[layer]["W8A8"].source == MEASURED and both.layers[layer]["W8A8"].ms == 0.5
+    legacy = build_table(tiny_graph, x86_profile, [old], kernels=UNVERSIONED)
+    assert legacy.layers[layer]["W8A8"].ms == 5.0
+
+
 @pytest.mark.slow
 def test_metaschedule_tuning_records_are_reused(tiny_graph, x86_profile, tmp_path):
     """With a tuning budget the task is tuned once; a rerun compiles from MetaSchedule's database."""
