@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -254,7 +255,9 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
 def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch):
     import tvm  # noqa: F401 - the full TVM of this process (run() would import a runtime-only one first)
 
-    monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)  # run() sets it; restored after the test
+    # run() sets TVM_USE_RUNTIME_LIB for its process; it must not leak into later tests' subprocesses
+    # (a CLI started with it cannot compile)
+    monkeypatch.setenv("TVM_USE_RUNTIME_LIB", "")
     task = {"kind": "convert", "workload": "{}", "candidate": "FP32->A8", "op": "quantize", "macs": 0,
             "inputs": [{"shape": [2], "dtype": "float32"}], "weights": []}
     manifest = {"format": "tvm_mpq_device_bundle", "version": 1, "profile": "x86_avx2", "device_type": "cpu",
@@ -262,7 +265,10 @@ def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch)
                 "tasks": [dict(task, id=f"t{i}", describe=f"task {i}", library=f"tasks/missing{i}.so")
                           for i in range(5)]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    summary = measure.run(tmp_path, tmp_path / "out", log=lambda s: None, torch_baselines_on=False)
+    try:
+        summary = measure.run(tmp_path, tmp_path / "out", log=lambda s: None, torch_baselines_on=False)
+    finally:
+        os.environ.pop("TVM_USE_RUNTIME_LIB", None)
     assert summary["aborted"] and summary["records"] == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert len(results) == 3 and all("error" in r for r in results)
