@@ -92,6 +92,22 @@ def choose_tiling(batch: int, m: int, n: int, threads: int = 2) -> GemmTiling:
 # ---------------------------------------------------------------------------------------------- GEMM
 
 
+def _mac_macro(is_int: bool):
+    """TVMScript macro ``mac(acc, at, a_scalar, b_vec)``: acc[at:at+8] += broadcast(a_scalar) * b_vec, as one
+    `vpmaddwd` on int16 pairs (a_scalar: an int32 holding two int16) or one float32 FMA."""
+    if is_int:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
+    else:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
+                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
+    return mac
+
+
 def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: str = "int16",
               a_batched: bool = True, b_batched: bool = True, out_shape=None):
     """TVMScript PrimFunc ``gemm(A, B, C)`` with the packed layouts of the module docstring.
@@ -131,17 +147,7 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     if int(np.prod(c_shape)) != batch * m * n:
         raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
 
-    if is_int:
-        @T.macro
-        def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
-    else:
-        @T.macro
-        def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
-                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
-
+    mac = _mac_macro(is_int)
     zero = T.int32(0) if is_int else T.float32(0)
 
     @T.prim_func
@@ -535,17 +541,7 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
     o = g.o
 
-    if is_int:
-        @T.macro
-        def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
-    else:
-        @T.macro
-        def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
-                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
-
+    mac = _mac_macro(is_int)
     zero = T.int32(0) if is_int else T.float32(0)
 
     @T.prim_func
