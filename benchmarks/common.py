@@ -57,3 +57,14 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def write_result(path: Path, result: dict) -> Path:
+    """Write a benchmark's JSON result (parents created) and say where."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {path}")
+    return path

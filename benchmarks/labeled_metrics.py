@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -83,9 +83,7 @@ def main(argv=None) -> int:
             print(f"[{name}] {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
         result["models"][name] = {"metric": metric.to_dict(), "calib_samples": args.calib_samples, "plans": rows}
     out = ROOT / "benchmarks" / "results" / "labeled_metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 

@@ -15,7 +15,6 @@ Writes benchmarks/results/latency_model[_fast].json (date, machine, CPU flags, c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, write_result  # noqa: E402
 
 
 def spearman(a, b) -> float:
@@ -180,9 +179,7 @@ def main(argv=None) -> int:
         result["whole_model"][name] = rows
 
     out = ROOT / "benchmarks" / "results" / f"latency_model{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, write_result  # noqa: E402
 
 
 def timed_search(spec, profile, cfg, store, fast: bool, label: str):
@@ -157,9 +157,7 @@ def main(argv=None) -> int:
               "profile": profile.name, "config": cfg.to_dict(), "runs": runs, "speedup": speedup,
               "agreement": agreement, "sampled_reference": sample}
     out = ROOT / "benchmarks" / "results" / f"search_speed_{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 

@@ -199,6 +199,18 @@ def _pair_i32(lo, hi):
                            tirx.bitwise_and(lo, tirx.const(0xFFFF, "int32")))
 
 
+def _flat_batch_loader(x: te.Tensor, lead):
+    """x[(*batch index of flat b, r, c)]: the leading dims `lead` of x seen as one flattened batch axis."""
+    def load(b, r, c):
+        idx, rem = [], b
+        for d in reversed(lead):
+            idx.append(tirx.floormod(rem, d))
+            rem = tirx.floordiv(rem, d)
+        return x[(*reversed(idx), r, c)]
+
+    return load
+
+
 def pack_rows(x: te.Tensor, zero_point: int, mr: int, dtype: str = "int16") -> te.Tensor:
     """A operand from activations x [*B, M, K]: [B, Mp, K2] int32 pairs of (x - zp), zero padded.
 
@@ -209,12 +221,7 @@ def pack_rows(x: te.Tensor, zero_point: int, mr: int, dtype: str = "int16") -> t
     batch = int(np.prod(lead)) if lead else 1
     mp = _ceil(m, mr) * mr
 
-    def load(b, r, c):
-        idx, rem = [], b
-        for d in reversed(lead):
-            idx.append(tirx.floormod(rem, d))
-            rem = tirx.floordiv(rem, d)
-        return x[(*reversed(idx), r, c)]
+    load = _flat_batch_loader(x, lead)
 
     if dtype == "float32":
         return te.compute(
@@ -243,12 +250,7 @@ def pack_panels(x: te.Tensor, zero_point: int, nr: int, dtype: str = "int16") ->
     nb = VEC * nr
     npan = _ceil(n, nb)
 
-    def load(b, r, c):
-        idx, rem = [], b
-        for d in reversed(lead):
-            idx.append(tirx.floormod(rem, d))
-            rem = tirx.floordiv(rem, d)
-        return x[(*reversed(idx), r, c)]
+    load = _flat_batch_loader(x, lead)
 
     if dtype == "float32":
         return te.compute(
