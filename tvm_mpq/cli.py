@@ -105,7 +105,7 @@ def _cmd_profile(args) -> int:
     summary = profile_model(
         args.model, args.hw, store_path=args.store, rpc=args.rpc, budget_s=args.budget, device=args.device,
         progress=_Progress(), log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
-        sweep=args.sweep,
+        sweep=args.sweep, in_model=args.in_model,
     )
     print(f"tasks {summary['total']}: measured {summary['measured']}, already stored {summary['already_stored']}, "
           f"failed {len(summary['failed'])}, left for the budget {summary['skipped_for_budget']} "
@@ -115,9 +115,14 @@ def _cmd_profile(args) -> int:
     print(f"store: {summary['store']} ({summary['layer_measurements_for_profile']} layer measurements "
           f"for {summary['profile']})")
     print(f"latency model: {summary['latency_model'] or 'not trained (too few measurements)'}")
+    im = summary.get("in_model")
+    if im:
+        builds = ", ".join(f"{c} {ms:.2f} ms" for c, ms in im["model_ms"].items()) or "none new"
+        print(f"in-model: {builds}; already stored: {', '.join(im['already_stored']) or 'none'}"
+              + (f"; failed: {im['failed']}" if im["failed"] else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or (im and im["failed"]) else 0
 
 
 def _cmd_latency(args) -> int:
@@ -125,14 +130,15 @@ def _cmd_latency(args) -> int:
 
     table, graph = latency_report(args.model, args.hw, store_path=args.store, device=args.device)
     cands = sorted({c for row in table.layers.values() for c in row}, key=list(_CANDIDATE_ORDER).index)
-    mark = {"measured": " ", "predicted": "~", "roofline": "r"}
+    mark = {"measured": " ", "predicted": "~", "roofline": "r", "in-model": "*"}
     print(f"{'layer':<44} " + " ".join(f"{c:>10}" for c in cands))
     for name, row in table.layers.items():
         cells = [f"{row[c].ms:>9.3f}{mark[row[c].source]}" if c in row else f"{'-':>10}" for c in cands]
         print(f"{name:<44} " + " ".join(cells))
     totals = {c: table.model_ms({n: (c if c in table.layers[n] else "FP32") for n in table.layers}) for c in cands}
     print(f"{'whole model (layers + converts)':<44} " + " ".join(f"{totals[c]:>9.2f} " for c in cands))
-    print("ms; ' ' measured on the device, '~' predicted by the latency model, 'r' roofline estimate "
+    print("ms; ' ' measured on the device, '*' measured inside the compiled model, '~' predicted by the latency "
+          "model, 'r' roofline estimate "
           f"({', '.join(f'{k}: {v}' for k, v in table.sources().items())})")
     for note in table.notes:
         print(f"note: {note}")
@@ -373,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "is predicted by the latency model")
     p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
     p.add_argument("--device", help="name of the measured device (default: local:<hostname> or rpc:<key>)")
+    p.add_argument("--in-model", dest="in_model", action=argparse.BooleanOptionalAction, default=None,
+                   help="also compile the model once per candidate and time it layer by layer (the latency "
+                        "tables then use these in-model segments; default: on for local x86_avx2 runs)")
     p.add_argument("--json", metavar="PATH", help="also write the run's summary as JSON")
     p.set_defaults(func=_cmd_profile)
 

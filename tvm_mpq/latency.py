@@ -3,9 +3,14 @@
 Each entry comes from the best source available, and says which:
   measured  – timed on the device (the measurement store),
   predicted – the profile's XGBoost latency model (trained on the store), with its uncertainty,
-  roofline  – the profile's analytic fallback (no measurements and no model for this profile).
+  roofline  – the profile's analytic fallback (no measurements and no model for this profile),
+  in-model  – the layer's segment of this very model compiled at that candidate (`measure.in_model`):
+              kernel, fused epilogue and the next layer's fused quantize as the compiled model runs them.
 Whole-model latency of a plan = Σ layer latencies at their candidates + Σ convert ops (quantize of a
-float activation into a layer's integer input dtype).
+float activation into a layer's integer input dtype). When the store holds in-model segments for every
+(layer, candidate) the model can take, they are used instead of the isolated tasks and the converts
+are zero (a segment already contains the quantize the compiled model fuses); isolated and in-model
+entries are never mixed, since isolated tasks overestimate a compiled model's layers.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from .graph import LayerGraph
 from .measure.tasks import CONVERT, LAYER, convert_key
 from .numerics import get_candidate
 
-MEASURED, PREDICTED, ROOFLINE = "measured", "predicted", "roofline"
+MEASURED, PREDICTED, ROOFLINE, IN_MODEL = "measured", "predicted", "roofline", "in-model"
 
 
 @dataclass(frozen=True)
@@ -76,16 +81,22 @@ def build_table(graph: LayerGraph, profile, measurements, model=None, device: Op
     """
     from .kernels import UNVERSIONED
 
+    measurements = list(measurements)
+    in_model, in_model_note = _in_model_table(graph, profile, measurements, device, kernels)
+    if in_model is not None:
+        return in_model
     best: dict[tuple[str, str, str], object] = {}
     stale = 0
     for m in measurements:
+        if m.kind not in (LAYER, CONVERT):
+            continue
         if kernels is not None and m.meta.get("kernels", UNVERSIONED) != kernels:
             stale += 1
             continue
         key = (m.kind, m.workload, m.candidate)
         if key not in best or (device is not None and m.device == device):
             best[key] = m
-    notes = []
+    notes = [in_model_note] if in_model_note else []
     if stale:
         notes.append(f"{stale} measurements of other kernels than {kernels} ignored "
                      f"(re-run `tvm-mpq profile` to measure the current ones)")
@@ -128,6 +139,64 @@ def build_table(graph: LayerGraph, profile, measurements, model=None, device: Op
             row[bits] = entries
         converts[name] = row
     return LatencyTable(profile.name, layers, converts, notes)
+
+
+def _in_model_table(graph: LayerGraph, profile, measurements, device, kernels):
+    """(table, None) from in-model segments of exactly this model if every (layer, candidate) a plan can
+    pick has one; else (None, why not) or (None, None) when there are none."""
+    from .kernels import UNVERSIONED
+    from .measure.in_model import IN_MODEL as KIND, model_fingerprint, parse_segment_key
+
+    fingerprint = model_fingerprint(graph)
+    best: dict[tuple[str, str], object] = {}
+    for m in measurements:
+        if m.kind != KIND or (kernels is not None and m.meta.get("kernels", UNVERSIONED) != kernels):
+            continue
+        key = parse_segment_key(m.workload)
+        if key is None or key[0] != fingerprint or key[1] is None:
+            continue
+        k = (key[1], m.candidate)
+        if k not in best or (device is not None and m.device == device):
+            best[k] = m
+    if not best:
+        return None, None
+    layers: dict[str, dict[str, Entry]] = {}
+    converts: dict[str, dict[int, list[Entry]]] = {}
+    missing = []
+    for name, layer in graph.layers.items():
+        row = {}
+        cands = list(profile.candidates_for(layer.op_type))
+        if not any(c.name == "FP32" for c in cands):
+            cands.append(get_candidate("FP32"))
+        for cand in cands:
+            m = best.get((name, cand.name))
+            if m is None:
+                missing.append((name, cand.name))
+            else:
+                row[cand.name] = Entry(m.median_ms, m.std_ms, IN_MODEL)
+        layers[name] = row
+        shapes = 1 + (layer.op_type == "matmul")
+        converts[name] = {bits: [Entry(0.0, 0.0, IN_MODEL)] * shapes
+                          for bits in sorted({c.act_bits for c in cands if c.is_quantized})}
+    if missing:
+        # a (layer, candidate) no homogeneous build reaches (e.g. a quantizer group with a member that
+        # lacks the candidate) is one no plan can pick either: leave it out of the table
+        reachable = [(n, c) for n, c in missing if _reachable(graph, profile, n, c)]
+        if reachable:
+            return None, (f"in-model segments incomplete ({len(reachable)} missing, e.g. {reachable[0]}): "
+                          f"isolated layer tasks used; run `tvm-mpq profile --in-model` to complete them")
+        for name, cand in missing:
+            layers[name].pop(cand, None)
+    notes = [f"latencies measured inside the compiled model (in-model segments of {len(best)} "
+             f"layer x candidate builds; converts included in the segments)"]
+    return LatencyTable(profile.name, layers, converts, notes), None
+
+
+def _reachable(graph: LayerGraph, profile, layer: str, cand: str) -> bool:
+    """Whether a plan can put `layer` at `cand`: every member of its quantizer group supports it."""
+    group = next((g for g in graph.groups if layer in g.layers), None)
+    members = group.layers if group is not None else (layer,)
+    return all(cand == "FP32" or profile.supports(graph.layers[n].op_type, cand) for n in members)
 
 
 def _roofline(workload, cand, profile) -> float:

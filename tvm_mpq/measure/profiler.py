@@ -205,10 +205,14 @@ def train_latency_model(store: MeasurementStore, profile, store_path: Path, min_
 
 def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, budget_s: Optional[float] = None,
                   device: Optional[str] = None, timing=None, progress=None, log=lambda m: None,
-                  sweep: int = 0) -> dict:
+                  sweep: int = 0, in_model: Optional[bool] = None) -> dict:
     """Measure every (workload, candidate) and convert of a model on a profile's device, plus `sweep`
     model-independent workloads (measure/sweep.py); then train the profile's latency model.
-    `model_ref` may be None when only the sweep is measured."""
+    `model_ref` may be None when only the sweep is measured.
+
+    `in_model`: also time the model compiled at each candidate, layer by layer (`measure.in_model`);
+    the latency tables then use those segments. Default: on where it can run (a model, measured on
+    this machine, a kernel library that lowers every layer)."""
     from ..frontend import import_model
     from ..hardware import load_profile
     from ..models import load_model
@@ -242,16 +246,46 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
     name = spec.name if spec is not None else "sweep"
     log(f"{name}{f' + sweep of {sweep}' if sweep and spec else ''} on {profile.name} ({device}): "
         f"{len(tasks)} tasks, store {store_path}")
+    from ..kernels import kernel_library
+
+    can_in_model = spec is not None and not rpc and kernel_library(profile.tvm_target()) == "x86_avx2"
+    if in_model and not can_in_model:
+        raise ValueError("in-model profiling needs a model, measurement on this machine (no --rpc) and a target "
+                         "whose kernel library lowers every layer (x86_avx2)")
+    in_model = can_in_model if in_model is None else in_model
     store = MeasurementStore(store_path)
+    in_model_summary = None
     try:
         report = profile_tasks(tasks, profile=profile, store=store, runner=runner, device=device,
                                budget_s=budget_s, progress=progress or (lambda *a: None),
                                tuning_dir=store_path.with_name(f"{profile.name}.tuning"))
         model = train_latency_model(store, profile, store_path)
         measured_layers = len(store.query(profile=profile.name, kind="layer"))
+        if in_model:
+            in_model_summary = _profile_in_model(spec, profile, store, device, log)
     finally:
         store.close()
     summary = {"model": name, "sweep": sweep, "profile": profile.name, "device": device, "store": str(store_path),
                **report.to_dict(), "layer_measurements_for_profile": measured_layers,
-               "latency_model": str(latency_model_path(store_path, profile.name)) if model else None}
+               "latency_model": str(latency_model_path(store_path, profile.name)) if model else None,
+               "in_model": in_model_summary}
     return summary
+
+
+def _profile_in_model(spec, profile, store: MeasurementStore, device: str, log) -> dict:
+    """In-model segments of the candidates whose build is not stored yet for this device and kernels."""
+    from ..frontend import import_model
+    from ..kernels import kernels_id
+    from .in_model import IN_MODEL, build_candidates, measure_in_model, model_fingerprint, segment_key
+
+    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                            unified_input_ops=profile.constraints.unified_input_ops)
+    kernels = kernels_id(profile.tvm_target())
+    whole = segment_key(model_fingerprint(imported.graph), None)
+    done = {m.candidate for m in store.query(profile=profile.name, device=device, kind=IN_MODEL)
+            if m.workload == whole and m.meta.get("kernels") == kernels}
+    todo = [c for c in build_candidates(profile) if c not in done]
+    result = measure_in_model(imported, profile, candidates=todo, device=device, store=store, log=log) if todo else None
+    return {"already_stored": sorted(done), "measured": sorted(result.model_ms) if result else [],
+            "model_ms": result.model_ms if result else {}, "failed": result.failed if result else {},
+            "seconds": result.seconds if result else 0.0}

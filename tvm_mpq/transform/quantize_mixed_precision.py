@@ -22,6 +22,7 @@ simulator quantizes them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Mapping
 
 import numpy as np
@@ -57,10 +58,10 @@ class QuantizeMixedPrecision:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         targets = {}
-        for name, layer in self.graph.layers.items():
+        for index, (name, layer) in enumerate(self.graph.layers.items()):
             c = self.plan.candidate(name)
             if c.is_quantized or c.float_dtype != "float32" or _fast_float32(layer, c, self.kernels):
-                targets[name] = (layer, c)
+                targets[name] = (layer, c, layer_tag(index))
         rewriter = _Rewriter(mod, targets, self.weights, self.encodings, self.kernels)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
@@ -91,12 +92,12 @@ class _Rewriter(PyExprMutator):
         hit = self.targets.get(binding.var.name)
         if hit is None or not isinstance(binding.value, relax.Call):
             return super().visit_var_binding_(binding)
-        layer, cand = hit
+        layer, cand, tag = hit
         args = [self.visit_expr(a) for a in binding.value.args]
         if self.kernels == "x86_avx2" and layer.op_type == "conv2d":
             args[0], layer = self._fold_zero_pad(args[0], layer)
         new = emit_layer(self.builder_, layer, cand, args, self.weights.get(layer.name),
-                         self.encodings.get(layer.name, ()), kernels=self.kernels)
+                         self.encodings.get(layer.name, ()), kernels=self.kernels, tag=tag)
         if not isinstance(binding.var, relax.DataflowVar):
             new = self.builder_.emit_output(new)
         self.set_var_remap(binding.var, new)
@@ -139,6 +140,18 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
 
 KERNEL_LIBRARIES = ("generic", "x86_avx2")
 
+# Kernel functions of layer i are named "mpqL<i>_<kernel>" (FuseOps keeps the name inside the fused
+# function's name), so a per-call profile of the compiled model maps calls back to layers.
+LAYER_TAG = re.compile(r"mpqL(\d+)_")
+
+
+def layer_tag(index: int) -> str:
+    return f"mpqL{index}"
+
+
+def _tagged(tag: str, name: str) -> str:
+    return f"{tag}_{name}" if tag else name
+
 
 def _fast_float32(layer: Layer, cand: Candidate, kernels: str) -> bool:
     """FP32 layers the x86 AVX2 library lowers itself (everything else FP32 stays TVM's operator)."""
@@ -147,19 +160,20 @@ def _fast_float32(layer: Layer, cand: Candidate, kernels: str) -> bool:
 
 
 def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weight, encodings,
-               *, inputs_quantized: bool = False, kernels: str = "generic"):
+               *, inputs_quantized: bool = False, kernels: str = "generic", tag: str = ""):
     """Emit `layer` at `cand`; returns its float32 output (before the bias add).
 
     `args` are the layer's activation inputs (float32, or already in the candidate's integer dtype when
     `inputs_quantized`); `weight` is the float32 weight (BatchNorm folded); `encodings` one ActEncoding per
-    activation input; `kernels` the kernel library ("generic" or "x86_avx2").
+    activation input; `kernels` the kernel library ("generic" or "x86_avx2"); `tag` (see `layer_tag`)
+    prefixes the name of the layer's kernel function, so a per-call profile can attribute it.
     """
     if cand.is_quantized:
-        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized, kernels)
+        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized, kernels, tag)
     if cand.float_dtype != "float32":
         return _emit_reduced_float(bb, layer, cand, args, weight)
     if _fast_float32(layer, cand, kernels):
-        return _emit_float32_avx2(bb, layer, args, weight)
+        return _emit_float32_avx2(bb, layer, args, weight, tag)
     raise ValueError(f"layer {layer.name}: FP32 needs no lowering with the {kernels!r} kernels")
 
 
@@ -170,7 +184,7 @@ def _quantized_weight(weight: np.ndarray, bits: int):
 
 
 def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool,
-                    kernels: str = "generic"):
+                    kernels: str = "generic", tag: str = ""):
     wl = layer.workload
     fast = kernels == "x86_avx2" and avx2.supports(wl, encs[0].dtype) and all(e.dtype == "uint8" for e in encs)
 
@@ -181,7 +195,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(args[0], encs[0])
         if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point)
+            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -189,6 +203,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                 data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
                 dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
                 kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
+                primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
         mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, -1, 1, 1)
         return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult)))
@@ -200,12 +215,12 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(x, encs[0])
         if fast:
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point)
+            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=cand.acc_dtype,
+                in_features=k, acc_dtype=cand.acc_dtype, primfunc_name_hint=_tagged(tag, "qdense"),
             )
         mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, n)
         y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult))
@@ -216,30 +231,30 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     aq = quantized(args[0], encs[0])
     bq = quantized(args[1], encs[1])
     if fast:
-        acc = avx2.matmul(bb, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point)
+        acc = avx2.matmul(bb, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point, tag=tag)
     else:
         acc = bb.emit_te(
             qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
-            acc_dtype=cand.acc_dtype,
+            acc_dtype=cand.acc_dtype, primfunc_name_hint=_tagged(tag, "qbatch_matmul"),
         )
     mult = np.float32(np.float32(encs[0].scale) * np.float32(encs[1].scale))
     return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult, "float32")))
 
 
-def _emit_float32_avx2(bb, layer: Layer, args, weight):
+def _emit_float32_avx2(bb, layer: Layer, args, weight, tag: str = ""):
     wl = layer.workload
     if layer.op_type == "conv2d":
-        return avx2.conv2d(bb, args[0], weight, wl, dtype="float32")
+        return avx2.conv2d(bb, args[0], weight, wl, dtype="float32", tag=tag)
     if layer.op_type == "linear":
         x = args[0]
         k, n = wl.weight_shape[1], wl.weight_shape[0]
         if len(wl.input_shape) != 2:
             x = bb.emit(relax.op.reshape(x, (-1, k)))
-        y = avx2.dense(bb, x, weight.reshape(n, k), dtype="float32")
+        y = avx2.dense(bb, x, weight.reshape(n, k), dtype="float32", tag=tag)
         if len(wl.input_shape) != 2:
             y = bb.emit(relax.op.reshape(y, tuple(wl.output_shape)))
         return y
-    return avx2.matmul(bb, args[0], args[1], dtype="float32")
+    return avx2.matmul(bb, args[0], args[1], dtype="float32", tag=tag)
 
 
 def _emit_reduced_float(bb, layer: Layer, cand: Candidate, args, weight):

@@ -36,12 +36,13 @@ def supports(wl: Workload, act_dtype: str) -> bool:
     return False
 
 
-def _call(bb, func, name: str, args, shape, dtype):
-    gv = bb.add_func(func.without_attr("global_symbol"), name)  # named by the module, not by TVMScript
+def _call(bb, func, name: str, args, shape, dtype, tag: str = ""):
+    # named by the module, not by TVMScript; `tag` prefixes the name so a profiler can tell the layer
+    gv = bb.add_func(func.without_attr("global_symbol"), f"{tag}_{name}" if tag else name)
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
-def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16"):
+def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = ""):
     """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
     constant weight [O, C/g, KH, KW] (integer values, or float32) → accumulator [N, O, OH, OW]."""
     n, c = wl.input_shape[0], wl.input_shape[1]
@@ -53,7 +54,7 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
                                 dilation=wl.dilation, data_dtype="uint8" if dtype == "int16" else "float32",
                                 data_zero_point=zero_point, out_dtype=out_dtype)
         w = relax.const(np.ascontiguousarray(weight.reshape(o, kh * kw), dtype=np.float32).reshape(-1))
-        return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype)
+        return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype, tag)
     if (kh, kw) != (1, 1) or tuple(wl.strides) != (1, 1) or any(wl.padding):
         # KxK / strided / padded: direct conv on a once-packed input (no im2col copies)
         g = k.direct_conv_geometry(wl.input_shape, wl.weight_shape, wl.strides, wl.padding, wl.dilation)
@@ -62,7 +63,7 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
         xp = bb.emit_te(lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
                         primfunc_name_hint="pack_conv_input")
         return _call(bb, k.direct_conv_func(g, tiling, dtype), "avx2_direct_conv", [a, xp], (n, o, oh, ow),
-                     out_dtype)
+                     out_dtype, tag)
     cols = oh * ow  # pointwise: a GEMM over the flattened pixels
     tiling = k.choose_tiling(n, o, cols)
     a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
@@ -70,10 +71,10 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
                    padding=wl.padding, dilation=wl.dilation, dtype=dtype)
     func = k.gemm_func(n, o, cols, cg * kh * kw, tiling, dtype=dtype, a_batched=False, b_batched=True,
                        out_shape=(n, o, oh, ow))
-    return _call(bb, func, "avx2_gemm", [a, b], (n, o, oh, ow), out_dtype)
+    return _call(bb, func, "avx2_gemm", [a, b], (n, o, oh, ow), out_dtype, tag)
 
 
-def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16"):
+def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16", tag: str = ""):
     """x [M, K] @ weight[N, K].T with a constant weight → accumulator [M, N]."""
     m, kk = (int(v) for v in x.ty.shape)
     nn = int(weight.shape[0])
@@ -82,10 +83,10 @@ def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16
     a = bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
     b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype))
     func = k.gemm_func(1, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=False, out_shape=(m, nn))
-    return _call(bb, func, "avx2_gemm", [a, b], (m, nn), out_dtype)
+    return _call(bb, func, "avx2_gemm", [a, b], (m, nn), out_dtype, tag)
 
 
-def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16"):
+def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16", tag: str = ""):
     """a [*B, M, K] @ b [*B, K, N] (both runtime tensors, same batch dims) → accumulator [*B, M, N]."""
     ash = [int(v) for v in a.ty.shape]
     bsh = [int(v) for v in b.ty.shape]
@@ -99,4 +100,4 @@ def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str
     pb = bb.emit_te(k.pack_panels, b, b_zero_point, tiling.nr, dtype=dtype)
     func = k.gemm_func(batch, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=True,
                        out_shape=(*lead, m, nn))
-    return _call(bb, func, "avx2_gemm", [pa, pb], (*lead, m, nn), out_dtype)
+    return _call(bb, func, "avx2_gemm", [pa, pb], (*lead, m, nn), out_dtype, tag)

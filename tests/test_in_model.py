@@ -1,0 +1,136 @@
+"""In-model latency: call profiles of compiled models cut into per-layer segments, stored, used by tables."""
+
+import numpy as np
+import pytest
+
+from tvm_mpq.frontend import import_model
+from tvm_mpq.graph import Layer, LayerGraph, QuantizerGroup, Workload
+from tvm_mpq.latency import IN_MODEL, MEASURED, build_table
+from tvm_mpq.measure.in_model import (
+    InModelError,
+    layer_segments,
+    measure_in_model,
+    model_fingerprint,
+    segment_ms,
+)
+from tvm_mpq.models import load_model
+from tvm_mpq.store import MeasurementStore
+
+
+def _graph(workloads):
+    layers = {}
+    for i, wl in enumerate(workloads):
+        layers[f"l{i}"] = Layer(f"l{i}", "linear", f"n{i}", wl, wl.macs)
+    return LayerGraph(layers, [QuantizerGroup(f"g{i}", (n,)) for i, n in enumerate(layers)])
+
+
+def _linear(k, n):
+    return Workload("linear", (1, k), (n, k), (1, n))
+
+
+def test_segments_cut_the_calls_at_each_layers_kernel():
+    graph = _graph([_linear(8, 16), _linear(16, 16), _linear(16, 4)])
+    symbols = ["quantize", "mpqL0_avx2_gemm", "epi0", "mpqL1_avx2_gemm", "alloc", "epi1", "mpqL2_qdense", "out"]
+    seconds = np.arange(1, 2 * len(symbols) + 1, dtype=float).reshape(2, -1)
+    seg = layer_segments(symbols, seconds, graph)
+    # the first segment takes the calls before the first kernel; each runs to the next kernel
+    np.testing.assert_array_equal(seg["l0"][0], seconds[:, 0:3].sum(axis=1))
+    np.testing.assert_array_equal(seg["l1"][0], seconds[:, 3:6].sum(axis=1))
+    np.testing.assert_array_equal(seg["l2"][0], seconds[:, 6:8].sum(axis=1))
+    assert [seg[n][1] for n in ("l0", "l1", "l2")] == [3, 3, 2]
+
+
+def test_merged_identical_kernels_are_attributed_by_position():
+    wl = _linear(16, 16)
+    graph = _graph([_linear(8, 16), wl, wl])
+    # TVM merged layer 2's kernel into layer 1's (same workload): it carries tag 1 at position 2
+    symbols = ["mpqL0_k", "mpqL1_k", "e", "mpqL1_k", "e"]
+    seg = layer_segments(symbols, np.ones((1, 5)), graph)
+    assert [seg[n][1] for n in ("l0", "l1", "l2")] == [1, 2, 2]
+
+
+def test_a_tag_of_another_workload_or_a_missing_kernel_is_refused():
+    graph = _graph([_linear(8, 16), _linear(16, 16), _linear(16, 4)])
+    with pytest.raises(InModelError, match="does not belong"):
+        layer_segments(["mpqL0_k", "mpqL1_k", "mpqL1_k"], np.ones((1, 3)), graph)  # l2 differs from l1
+    with pytest.raises(InModelError, match="2 tagged kernel calls for 3 layers"):
+        layer_segments(["mpqL0_k", "conv2d_add", "mpqL2_k"], np.ones((1, 3)), graph)
+
+
+def test_segment_ms_removes_per_call_overhead_and_adds_up_to_the_model():
+    runs = np.array([[1.0, 1.0], [1.2, 0.9], [1.1, 1.0]]) * 1e-3  # seconds: [runs, layers]
+    segments = {"a": (runs[:, 0] + 4 * 10e-6, 4), "b": (runs[:, 1] + 1 * 10e-6, 1)}  # 10 us per call
+    model_ms = float(np.median(runs.sum(axis=1))) * 1e3
+    ms, spread = segment_ms(segments, model_ms)
+    assert ms["a"] + ms["b"] == pytest.approx(model_ms)
+    ref_share_a = np.median(runs[:, 0] / runs.sum(axis=1))
+    ref_share_b = np.median(runs[:, 1] / runs.sum(axis=1))
+    assert ms["a"] == pytest.approx(model_ms * ref_share_a / (ref_share_a + ref_share_b), rel=1e-6)
+    assert spread["a"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny(x86_profile):
+    spec = load_model("tiny_cnn")
+    return import_model(spec.module, spec.example_inputs, name=spec.name)
+
+
+@pytest.fixture(scope="module")
+def measured(tiny, x86_profile, tmp_path_factory):
+    """In-model segments of tiny_cnn at two candidates, in a store."""
+    path = tmp_path_factory.mktemp("in_model") / "store.sqlite"
+    with MeasurementStore(path) as store:
+        result = measure_in_model(tiny, x86_profile, candidates=["W8A8", "FP32"], runs=3, repeat=3, store=store)
+        rows = store.query(profile=x86_profile.name)
+    return result, rows
+
+
+def test_segments_of_a_real_build_add_up_to_its_measured_latency(tiny, measured):
+    result, rows = measured
+    assert not result.failed
+    for cand in ("W8A8", "FP32"):
+        seg = result.segments_ms[cand]
+        assert set(seg) == set(tiny.graph.layers)
+        assert all(v > 0 for v in seg.values())
+        assert sum(seg.values()) == pytest.approx(result.model_ms[cand], rel=1e-9)
+    assert len(rows) == 2 * (len(tiny.graph.layers) + 1)  # each layer + the whole model, per build
+    assert all(r.kind == "model" and r.meta["kernels"] for r in rows)
+
+
+def test_table_uses_segments_only_when_complete(tiny, x86_profile, measured, tmp_path):
+    result, rows = measured
+    # W4A8 and W8A16 builds are missing: the isolated tasks are used, and the table says why
+    partial = build_table(tiny.graph, x86_profile, rows)
+    assert IN_MODEL not in partial.sources()
+    assert any("in-model segments incomplete" in n for n in partial.notes)
+    # complete it with the other two builds: now every entry is in-model and converts cost nothing
+    path = tmp_path / "store.sqlite"
+    with MeasurementStore(path) as store:
+        store.put_many(rows)
+        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, repeat=2, store=store)
+        rows = store.query(profile=x86_profile.name)
+    assert not more.failed
+    table = build_table(tiny.graph, x86_profile, rows)
+    assert set(table.sources()) == {IN_MODEL}
+    for cand in ("W8A8", "FP32", "W4A8", "W8A16"):
+        plan = {n: cand for n in tiny.graph.layers}
+        whole = {**result.model_ms, **more.model_ms}[cand]
+        assert table.model_ms(plan) == pytest.approx(whole, rel=1e-9)  # exact for homogeneous builds
+    # segments of another model (other fingerprint) are not used
+    other = _graph([_linear(8, 16)])
+    assert model_fingerprint(other) != model_fingerprint(tiny.graph)
+    assert IN_MODEL not in build_table(other, x86_profile, rows).sources()
+
+
+def test_in_model_needs_a_local_cpu_target(tiny):
+    from tvm_mpq.hardware import load_profile
+
+    with pytest.raises(InModelError, match="runs the model on this machine"):
+        measure_in_model(tiny, load_profile("cuda_sm90"), candidates=["FP16"])
+
+
+def test_profile_refuses_in_model_over_rpc():
+    from tvm_mpq.measure.profiler import profile_model
+
+    with pytest.raises(ValueError, match="in-model profiling needs"):
+        profile_model("tiny_cnn", "x86_avx2", rpc="127.0.0.1:1:key", in_model=True, budget_s=0)
