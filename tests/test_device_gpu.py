@@ -273,3 +273,20 @@ def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch)
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert len(results) == 3 and all("error" in r for r in results)
     assert (tmp_path / "out" / "measurements.jsonl").read_text().strip() == json.dumps(measure.HEADER)
+
+
+def test_compile_for_cuda_without_a_gpu_exports_without_running(tmp_path):
+    """`tvm-mpq compile --hw cuda_sm90` on a machine without a GPU writes the library and plan and says it
+    was not run, instead of failing when it tries to run the model here."""
+    import tvm
+
+    if tvm.cuda().exist:
+        pytest.skip("a CUDA device is present: the model runs here")
+    from tvm_mpq.pipeline import quantize_and_compile
+
+    summary = quantize_and_compile("tiny_cnn", "cuda_sm90", "fp16", out_dir=tmp_path, calib_samples=4,
+                                   eval_samples=2)
+    assert summary["executed"] is False and "not present on this machine" in summary["note"]
+    assert summary["candidate_counts"] == {"FP16": 6}
+    assert (tmp_path / "model.so").stat().st_size > 0 and (tmp_path / "plan.yaml").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["executed"] is False

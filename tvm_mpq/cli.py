@@ -30,6 +30,13 @@ def _cmd_compile(args) -> int:
         compare_fp32=args.compare_fp32, repeat=args.repeat,
         log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
     )
+    if summary.get("executed") is False:  # compiled for a device this machine lacks
+        print(f"{summary['model']} on {summary['profile']}: " + ", ".join(
+            f"{k}: {v}" for k, v in sorted(summary["candidate_counts"].items())))
+        print(f"note: {summary['note']}")
+        if "artifacts" in summary:
+            print(f"wrote {summary['artifacts']['library']}, {summary['artifacts']['plan']}")
+        return 0
     lat = summary["latency_ms"]
     rows = [
         ("model", summary["model"]),

@@ -94,6 +94,8 @@ def quantize_and_compile(
     target = profile.tvm_target()
     compiled = build(imported, resolved, target)
     timings["compile_s"] = compiled.compile_seconds
+    if not compiled.device.exist:  # e.g. a CUDA library compiled on a machine without a GPU: export only
+        return _export_only(compiled, resolved, spec, profile, plan, out, timings, t0, log)
     y_tvm = np.concatenate([compiled.run([a.numpy() for a in sample]) for sample in evals])
     example = [a.numpy() for a in spec.example_inputs]
     latency = compiled.benchmark(example, number=1, repeat=repeat)
@@ -132,6 +134,27 @@ def quantize_and_compile(
         base = fp32.benchmark(example, number=1, repeat=repeat)
         summary["fp32_latency_ms"] = base.to_dict()
         summary["speedup_vs_fp32"] = base.median_ms / latency.median_ms
+    timings["total_s"] = time.perf_counter() - t0
+    if out is not None:
+        compiled.export_library(out / "model.so")
+        resolved.save(out / "plan.yaml")
+        summary["artifacts"] = {"library": str(out / "model.so"), "plan": str(out / "plan.yaml")}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _export_only(compiled, resolved, spec, profile, plan, out, timings, t0, log) -> dict:
+    """Summary (and artifacts) of a model compiled for a device this machine does not have: not run here."""
+    counts: dict[str, int] = {}
+    for c in resolved.layers.values():
+        counts[c] = counts.get(c, 0) + 1
+    note = (f"not run or timed: the target's device ({compiled.device}) is not present on this machine; "
+            f"run model.so where it is (see docs/gpu_measurement.md)")
+    log(note)
+    summary = {"model": spec.name, "profile": profile.name, "target": profile.target,
+               "plan": str(plan) if not isinstance(plan, Plan) else "custom",
+               "layers": dict(resolved.layers), "candidate_counts": counts, "executed": False, "note": note,
+               "timings_s": timings}
     timings["total_s"] = time.perf_counter() - t0
     if out is not None:
         compiled.export_library(out / "model.so")
