@@ -6,6 +6,8 @@
 2. `benchmarks/end_to_end.py`: PyTorch, ONNX Runtime and TVM (homogeneous and searched plans), latency at
    batch 1 and 8 and quality → end_to_end.json / end_to_end.png.
 3. `benchmarks/kernels.py`: every layer workload, TVM FP32/W8A8/W4A8 vs ONNX Runtime fp32/int8 → kernels.json.
+4. `benchmarks/workflow_cost.py`: profiling and search time and peak memory, and how they grow with model depth
+   and calibration size → workflow_cost.json / workflow_cost.png.
 
     python benchmarks/run_all.py [--fast] [--models efficientnet_lite0,minilm_l6,small_cnn] [--search]
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import end_to_end, kernels  # noqa: E402
+from benchmarks import end_to_end, kernels, workflow_cost  # noqa: E402
 from benchmarks.common import results_dir  # noqa: E402
 
 MIN_SQNR_DB = 30.0
@@ -74,6 +76,8 @@ def main(argv=None) -> int:
     kern = kernels.run(models, args.hw, repeat=repeat, ort_repeat=repeat, min_repeat_ms=5 if args.fast else None)
     (out / "kernels.json").write_text(json.dumps(kern, indent=2))
     print(f"[run_all] wrote {out / 'kernels.json'}", flush=True)
+
+    workflow_cost.main(["--fast"] if args.fast else [])
     print(f"[run_all] done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

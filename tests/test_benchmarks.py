@@ -209,3 +209,54 @@ def test_end_to_end_tiny_cnn_json(tmp_path):
     assert rows["TVM W8A8"]["candidates"] == {"W8A8": 6}
     png = end_to_end.plot(json.loads(text), tmp_path / "e2e.png")
     assert png.stat().st_size > 10_000
+
+
+def test_workflow_cost_smoke(tmp_path):
+    """benchmarks/workflow_cost.py at its smallest: two depths, two calibration sizes, each stage in its own
+    spawned process; the JSON carries measured times, per-stage peak RSS and finite fitted exponents."""
+    from benchmarks import workflow_cost
+
+    argv = ["--depths", "1,2", "--calib-sizes", "8,16", "--ref-blocks", "1", "--ref-calib", "8",
+            "--candidates", "W8A8,FP32", "--quick-timing", "--out-dir", str(tmp_path)]
+    assert workflow_cost.main(argv) == 0
+    result = json.loads((tmp_path / "workflow_cost.json").read_text())
+    m = result["machine"]
+    assert m["date"] and m["commit"] and isinstance(m["cpu_flags"], list) and m["cores"] >= 1
+    assert len(result["load_average"]["start"]) == 3 and len(result["load_average"]["end"]) == 3
+    prof, srch = result["workflow"]["profiling"], result["workflow"]["search"]
+    assert prof["blocks"] == 1 and prof["layers"] == 3 and prof["tasks"] == prof["layer_tasks"] + prof["convert_tasks"] > 0
+    assert prof["profile_s"] > 0 and prof["peak_rss_mib"] >= prof["rss_after_imports_mib"] > 0
+    assert prof["measure"] == {"number": 1, "repeat": 2, "min_repeat_ms": 0, "tuning_trials": 0}
+    assert srch["calib_samples"] == 8 and srch["latency_sources"] == {"measured": 3 * 2}  # all from the fresh store
+    assert all(srch["timings_s"][k] > 0 for k in workflow_cost.PHASES)
+    assert srch["peak_rss_mib"] >= srch["rss_after_imports_mib"] > 0
+    rows = result["depth_sweep"]["rows"]
+    assert [r["blocks"] for r in rows] == [1, 2] and rows[0]["tasks"] < rows[1]["tasks"]
+    assert [r["calib_samples"] for r in result["calib_sweep"]["rows"]] == [8, 16]
+    for sweep, names in (("depth_sweep", {"profiling", "profiling vs tasks", "search total"}),
+                         ("calib_sweep", {"search calibrate", "search phase1", "search total"})):
+        fits = result[sweep]["fits"]
+        assert names <= set(fits)
+        for f in fits.values():
+            assert math.isfinite(f["loglog"]["exponent"]) and math.isfinite(f["linear"]["slope_s_per_unit"])
+            assert len(f["loglog"]["residuals_log"]) == len(f["sizes"]) == 2 and all(t > 0 for t in f["times_s"])
+    assert (tmp_path / "workflow_cost.png").stat().st_size > 10_000
+
+
+def test_workflow_cost_fit_and_bad_arguments():
+    from benchmarks import workflow_cost
+
+    n = [2.0, 4.0, 8.0, 16.0]
+    f = workflow_cost.fit_trend(n, [3.0 * x ** 1.5 for x in n])  # exact power law: exponent and zero residuals
+    assert math.isclose(f["loglog"]["exponent"], 1.5) and math.isclose(f["loglog"]["coefficient_s"], 3.0)
+    assert max(abs(r) for r in f["loglog"]["residuals_log"]) < 1e-9
+    g = workflow_cost.fit_trend(n, [1.0 + 0.5 * x for x in n])
+    assert math.isclose(g["linear"]["intercept_s"], 1.0) and math.isclose(g["linear"]["slope_s_per_unit"], 0.5)
+    with pytest.raises(ValueError, match="two distinct"):
+        workflow_cost.fit_trend([4, 4], [1.0, 2.0])
+    with pytest.raises(ValueError, match="reference model"):
+        workflow_cost.check_sizes([2, 4], [16, 32], 8, 16)
+    for argv in (["--depths", "4"], ["--depths", "2,x"], ["--candidates", "W3A8"], ["--calib-sizes", "2,3"]):
+        with pytest.raises(SystemExit) as err:
+            workflow_cost.main(argv)
+        assert err.value.code == 2
