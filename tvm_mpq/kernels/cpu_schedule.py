@@ -10,6 +10,11 @@ softmax and layer norms. This module gives them a parallel schedule:
 - reductions over the last axis (softmax, layer norm): dlight's CPU `Reduction` rule.
 
 Functions carrying `tir.is_scheduled` (the hand-written AVX2 kernels) are left alone.
+
+TVM 0.27 does not mark `nearbyint` (what `relax.op.round` becomes: round half to even) as vectorizable, so
+`VectorizeLoop` turns every quantize into a scalar loop (5-6x slower than the vector one, and most of the
+time of an int8 model's epilogues). `enable_vector_nearbyint` marks it: LLVM's `llvm.nearbyint.v8f32` is one
+`vroundps`, with the same result as the scalar form.
 """
 
 from __future__ import annotations
@@ -18,7 +23,34 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-__all__ = ["CPUInjective", "cpu_schedule_pass", "cpu_pipeline"]
+__all__ = ["CPUInjective", "cpu_schedule_pass", "cpu_pipeline", "enable_vector_nearbyint"]
+
+
+def enable_vector_nearbyint() -> None:
+    """Let TVM's vectorizer keep `nearbyint` as a vector op (see the module docstring); idempotent."""
+    op = tvm.ir.Op.get("tirx.nearbyint")
+    if not op.get_attr("TVectorizable"):
+        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
+
+
+VEC_LANES = 8  # float32 / int32 lanes of an AVX2 register
+ROW = 256  # innermost iterations fused into one vectorized row (a 14x14 feature map: 196)
+
+
+def _elementwise(block) -> bool:
+    """Whether every read of `block` indexes its buffer with the written axes (aligned from the right, as in
+    broadcasting) or a constant: consecutive outputs then read consecutive (or the same) inputs."""
+    axes = [r.min for r in block.writes[0].region]
+    for read in block.reads:
+        region = read.region
+        if len(region) > len(axes):
+            return False
+        for dim, want in zip(region[::-1], axes[::-1]):
+            if isinstance(dim.min, tirx.IntImm):
+                continue
+            if not (dim.min.same_as(want) and isinstance(dim.extent, tirx.IntImm) and int(dim.extent) == 1):
+                return False
+    return True
 
 
 class CPUInjective(dl.ScheduleRule):
@@ -42,22 +74,46 @@ class CPUInjective(dl.ScheduleRule):
         extents = [sch.get(lp).extent for lp in loops]
         if not all(isinstance(e, tirx.IntImm) for e in extents):
             return None
-        # keep the innermost loops (at least one, at most 64 iterations together) for LLVM to vectorize;
-        # fuse and parallelize the rest
+        if len(loops) == 1:  # one flat loop: 8-lane vectors, the vectors in parallel, a scalar tail
+            n = int(extents[0].value)
+            main = n - n % VEC_LANES
+            if main == 0:
+                return sch
+            body = sch.loop_partition(loops[0], [main, None])[0] if main < n else loops[0]
+            par, vec = sch.split(body, [None, VEC_LANES])
+            sch.parallel(par)
+            sch.vectorize(vec)
+            return sch
+        if int(extents[-1].value) < VEC_LANES and not _elementwise(sch.get(infos[0].block_rv)):
+            # a layout change with a short last axis (operand packing: [.., 16, 2]) has strided reads:
+            # explicit lanes would be gathers. The outer loops run in parallel and the innermost ones (at
+            # most 64 iterations) are left as they are to LLVM's vectorizer, which does better on them
+            # than on one fused loop.
+            keep, inner = 1, int(extents[-1].value)
+            while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= 64:
+                inner *= int(extents[-1 - keep].value)
+                keep += 1
+            outer = loops[:-keep]
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if int(sch.get(fused).extent) > 1:
+                sch.parallel(fused)
+            return sch
+        # the innermost loops (at least one, together at most ROW iterations) become one contiguous row,
+        # vectorized by 8 lanes with a scalar tail loop; the loops above it are fused and run in parallel
         keep, inner = 1, int(extents[-1].value)
-        while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= 64:
+        while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= ROW:
             inner *= int(extents[-1 - keep].value)
             keep += 1
-        outer = loops[:-keep] if len(loops) > keep else loops
+        outer = loops[:-keep]
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if int(sch.get(fused).extent) > 1:
             sch.parallel(fused)
-        if keep >= 1 and len(loops) > keep:
-            last = loops[-1]
-            n_last = int(extents[-1].value)
-            if n_last >= 8:
-                _, vec = sch.split(last, [None, 8])
-                sch.vectorize(vec)
+        row = sch.fuse(*loops[-keep:]) if keep > 1 else loops[-1]
+        main = inner - inner % VEC_LANES
+        if main < inner:  # a non-multiple of 8: vector body over `main`, scalar loop over the rest
+            row = sch.loop_partition(row, [main, None])[0]
+        _, vec = sch.split(row, [None, VEC_LANES])
+        sch.vectorize(vec)
         return sch
 
 
@@ -85,6 +141,8 @@ def cpu_pipeline(target, fast_math: bool = True) -> tvm.transform.Pass:
     """
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as p
+
+    enable_vector_nearbyint()
 
     @tvm.transform.module_pass(opt_level=0, name="TvmMpqCPUPipeline")
     def _pipeline(mod, _ctx):

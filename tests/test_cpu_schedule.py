@@ -1,0 +1,88 @@
+"""CPU schedules of the functions the kernels leave to TVM: requantize epilogues compiled through the
+project's CPU pipeline are vector code (not the scalar loop TVM makes of `nearbyint`) and match NumPy on
+rows that are not a multiple of the vector width (the scalar tail), on one flat loop and on a layout change."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_mpq.build import compile_module
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+
+
+def _requantize_module(shape, channels_axis=True):
+    """int32 accumulator → × scale + bias → ReLU6 → quantize (round half to even, zero point 3) → uint8."""
+    bb = relax.BlockBuilder()
+    pshape = [1] * len(shape)
+    if channels_axis and len(shape) > 1:
+        pshape[1] = shape[1]
+    x = relax.Var("x", relax.TensorType(shape, "int32"))
+    s = relax.Var("s", relax.TensorType(pshape, "float32"))
+    b = relax.Var("b", relax.TensorType(pshape, "float32"))
+    with bb.function("main", [x, s, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.multiply(relax.op.astype(x, "float32"), s), b))
+            y = bb.emit(relax.op.clip(y, 0.0, 6.0))
+            y = bb.emit(relax.op.add(relax.op.round(relax.op.divide(y, relax.const(np.float32(0.05)))),
+                                     relax.const(np.float32(3.0))))
+            y = bb.emit(relax.op.astype(relax.op.clip(y, 0.0, 255.0), "uint8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), pshape
+
+
+def _reference(x, s, b):
+    y = np.clip(x.astype(np.float32) * s + b, 0.0, 6.0)
+    return np.clip(np.rint(y / np.float32(0.05)) + 3.0, 0, 255).astype(np.uint8)
+
+
+def _llvm_ir(executable) -> str:
+    for mod in [executable.mod, *executable.mod.imports]:
+        try:
+            src = mod.inspect_source("ll")
+        except Exception:  # a module kind without LLVM source
+            continue
+        if src:
+            return src
+    raise AssertionError("no LLVM IR in the compiled module")
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 14, 14), (1, 3, 7, 7), (1, 2, 112, 112), (1, 4, 28, 28), (2, 3, 5, 9),
+                                   (37,), (1, 6, 1, 1)])
+def test_requantize_epilogue_matches_numpy_and_is_vectorized(shape):
+    mod, pshape = _requantize_module(shape)
+    ex = compile_module(mod, TARGET)
+    rng = np.random.default_rng(0)
+    x = rng.integers(-4000, 4000, size=shape, dtype=np.int32)
+    # scales putting many values exactly on .5 quantization steps (round half to even matters there)
+    s = np.full(pshape, 0.025, np.float32)
+    b = rng.uniform(-1, 1, size=pshape).astype(np.float32)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(a) for a in (x, s, b))).numpy()
+    np.testing.assert_array_equal(got, _reference(x, s, b))
+    ir = _llvm_ir(ex)
+    n_inner = shape[-1] * (shape[-2] if len(shape) > 1 and shape[-1] * shape[-2] <= 256 else 1)
+    if n_inner >= 8:
+        assert "llvm.nearbyint.v8f32" in ir, "the quantize was not compiled to vector code"
+    assert not re.search(r"for_begin_\w+\.s\.preheader:", ir), "TVM scalarized a vectorized loop"
+
+
+def test_layout_change_with_short_last_axis_is_correct():
+    """A transpose into a [.., 2] innermost axis (like operand packing) stays on the gather-free schedule."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 6, 10), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(relax.op.add(x, relax.const(np.float32(1.0))), [0, 2, 3, 1]))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    ex = compile_module(bb.get(), TARGET)
+    a = np.random.default_rng(1).normal(size=(1, 2, 6, 10)).astype(np.float32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a)).numpy()
+    np.testing.assert_array_equal(got, np.transpose(a + 1.0, (0, 2, 3, 1)))
