@@ -11,7 +11,7 @@
    least-squares fit of log time vs log size (the exponent) and a linear fit time = a + b·n, residuals
    included.
 
-    python benchmarks/workflow_cost.py            # depths 2..32 blocks, calibration 16..512 (~10 min, 2 cores)
+    python benchmarks/workflow_cost.py            # depths 2..32 blocks, calibration 16..512 (~7 min on 2 idle cores)
     python benchmarks/workflow_cost.py --fast     # tiny sizes, into benchmarks/results/fast/
     python benchmarks/workflow_cost.py --depths 2,4,8 --calib-sizes 16,32 --ref-blocks 4 --ref-calib 16
 
@@ -391,29 +391,44 @@ def plot(result: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    colors = {"profiling": "C0", "calibrate_s": "C1", "phase1_s": "C2", "phase2_s": "C3", "phase3_s": "C4",
+              "total_s": "C5"}
+
+    def series(ax, x, rows_of):
+        for k in PHASES:
+            ax.loglog(x, rows_of(k), "s--" if k == "total_s" else ".-", color=colors[k],
+                      label="search (total)" if k == "total_s" else k[:-2])
+
+    def ticks(ax, x):  # the measured sizes as plain numbers on the log axis
+        ax.xaxis.set_major_locator(FixedLocator(x))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     rows = result["depth_sweep"]["rows"]
     layers = [r["layers"] for r in rows]
     ax = axes[0]
-    ax.loglog(layers, [r["profiling"]["profile_s"] for r in rows], "o-", label="profiling")
-    for k in PHASES:
-        ax.loglog(layers, [r["search"]["timings_s"][k] for r in rows], "s--" if k == "total_s" else ".-",
-                  label="search (total)" if k == "total_s" else k[:-2])
-    ax.set(xlabel="quantizable layers", ylabel="seconds", title="time vs model depth")
+    ax.loglog(layers, [r["profiling"]["profile_s"] for r in rows], "o-", color=colors["profiling"], label="profiling")
+    series(ax, layers, lambda k: [r["search"]["timings_s"][k] for r in rows])
+    ticks(ax, layers)
+    ax.set(xlabel="quantizable layers", ylabel="seconds",
+           title=f"time vs model depth ({result['depth_sweep']['calib_samples']} calibration samples)")
     ax.legend(fontsize=8)
     cal = result["calib_sweep"]["rows"]
     sizes = [r["calib_samples"] for r in cal]
     ax = axes[1]
-    for k in PHASES:
-        ax.loglog(sizes, [r["timings_s"][k] for r in cal], "s--" if k == "total_s" else ".-",
-                  label="search (total)" if k == "total_s" else k[:-2])
-    ax.set(xlabel="calibration samples", ylabel="seconds", title=f"search time vs calibration size ({result['calib_sweep']['model']})")
+    series(ax, sizes, lambda k: [r["timings_s"][k] for r in cal])
+    ticks(ax, sizes)
+    ax.set(xlabel="calibration samples (a quarter of them scored, a quarter more held out)", ylabel="seconds",
+           title=f"search time vs calibration size ({result['calib_sweep']['model']})")
     ax.legend(fontsize=8)
     ax = axes[2]
     ax.plot(layers, [r["profiling"]["peak_rss_mib"] for r in rows], "o-", label="profiling process")
     ax.plot(layers, [r["search"]["peak_rss_mib"] for r in rows], "s-", label="search process")
-    ax.plot(layers, [r["search"]["rss_after_imports_mib"] for r in rows], ":", color="grey", label="after imports (search)")
+    ax.plot(layers, [r["search"]["rss_after_imports_mib"] for r in rows], ":", color="grey",
+            label="search process after imports")
     ax.set(xlabel="quantizable layers", ylabel="peak RSS (MiB)", title="peak memory per stage")
     ax.legend(fontsize=8)
     m = result["machine"]
