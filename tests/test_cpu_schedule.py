@@ -86,3 +86,18 @@ def test_layout_change_with_short_last_axis_is_correct():
     a = np.random.default_rng(1).normal(size=(1, 2, 6, 10)).astype(np.float32)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a)).numpy()
     np.testing.assert_array_equal(got, np.transpose(a + 1.0, (0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize("env, expected", [(None, len(__import__("os").sched_getaffinity(0))), ("1", 1)])
+def test_tvm_thread_pool_uses_every_cpu_unless_told(env, expected):
+    """TVM alone halves the CPU count (hyper-threading guess): 1 thread on a 2-vCPU machine."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    if env is not None:
+        environ["TVM_NUM_THREADS"] = env
+    out = subprocess.run([sys.executable, "-c", "import tvm_mpq, tvm; print(tvm.get_global_func('runtime.NumThreads')())"],
+                         env=environ, capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert int(out) == expected

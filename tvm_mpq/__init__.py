@@ -8,10 +8,19 @@ The small public API (TVM is imported lazily, on first compile):
     summary = quantize_and_compile("efficientnet_lite0", "x86_avx2", found.plan, out_dir="out")
 """
 
-from .hardware import load_profile
-from .models import load_model
-from .numerics import CANDIDATES, Candidate
-from .plan import Plan, PlanError
+import os as _os
+
+# TVM's CPU thread pool counts hyper-threads as half a core: on a 2-vCPU machine it runs one thread, so
+# profiles, in-model tables and compiled models would use half the machine (and measure a different
+# machine than the one a user deploys on). tvm_mpq uses every CPU this process may run on, unless
+# TVM_NUM_THREADS says otherwise; the pool reads it when it starts (the first parallel TVM call).
+_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity")
+                                              else (_os.cpu_count() or 1)))
+
+from .hardware import load_profile  # noqa: E402
+from .models import load_model  # noqa: E402
+from .numerics import CANDIDATES, Candidate  # noqa: E402
+from .plan import Plan, PlanError  # noqa: E402
 
 __all__ = ["CANDIDATES", "Candidate", "Plan", "PlanError", "SearchConfig", "load_model", "load_profile",
            "find_plan", "quantize_and_compile"]

@@ -19,7 +19,7 @@ def kernel_library(target) -> str:
 
 # Bumped whenever a library's generated code changes speed, so measurements of older kernels are not mixed
 # with new ones: `tvm-mpq profile` re-measures them, the latency tables ignore them (and say so).
-KERNEL_VERSIONS = {"generic": 2, "x86_avx2": 2}  # 2: vectorized quantize epilogues
+KERNEL_VERSIONS = {"generic": 3, "x86_avx2": 3}  # 2: vectorized quantize epilogues; 3: all cores (TVM_NUM_THREADS)
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 
