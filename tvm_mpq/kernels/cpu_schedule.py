@@ -84,30 +84,23 @@ class CPUInjective(dl.ScheduleRule):
             sch.parallel(par)
             sch.vectorize(vec)
             return sch
-        if int(extents[-1].value) < VEC_LANES and not _elementwise(sch.get(infos[0].block_rv)):
-            # a layout change with a short last axis (operand packing: [.., 16, 2]) has strided reads:
-            # explicit lanes would be gathers. The outer loops run in parallel and the innermost ones (at
-            # most 64 iterations) are left as they are to LLVM's vectorizer, which does better on them
-            # than on one fused loop.
-            keep, inner = 1, int(extents[-1].value)
-            while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= 64:
-                inner *= int(extents[-1 - keep].value)
-                keep += 1
-            outer = loops[:-keep]
-            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-            if int(sch.get(fused).extent) > 1:
-                sch.parallel(fused)
-            return sch
-        # the innermost loops (at least one, together at most ROW iterations) become one contiguous row,
-        # vectorized by 8 lanes with a scalar tail loop; the loops above it are fused and run in parallel
+        short_layout_change = int(extents[-1].value) < VEC_LANES and not _elementwise(sch.get(infos[0].block_rv))
+        # A layout change with a short last axis (operand packing: [.., 16, 2]) has strided reads: explicit
+        # lanes would be gathers, so its innermost loops (at most 64 iterations) are left as they are to
+        # LLVM's vectorizer, which does better on them than on one fused loop. Otherwise the innermost
+        # loops (at most ROW iterations) become one contiguous row, vectorized by 8 lanes with a scalar
+        # tail. The loops above run fused, in parallel.
+        limit = 64 if short_layout_change else ROW
         keep, inner = 1, int(extents[-1].value)
-        while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= ROW:
+        while keep < len(loops) - 1 and inner * int(extents[-1 - keep].value) <= limit:
             inner *= int(extents[-1 - keep].value)
             keep += 1
         outer = loops[:-keep]
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if int(sch.get(fused).extent) > 1:
             sch.parallel(fused)
+        if short_layout_change:
+            return sch
         row = sch.fuse(*loops[-keep:]) if keep > 1 else loops[-1]
         main = inner - inner % VEC_LANES
         if main < inner:  # a non-multiple of 8: vector body over `main`, scalar loop over the rest
