@@ -53,6 +53,19 @@ def _elementwise(block) -> bool:
     return True
 
 
+def _vectorize_row(sch, row, n: int):
+    """Vectorize loop `row` (n iterations) by 8 lanes, a scalar loop over the last n % 8; returns the loop
+    over the vectors (None when n < 8: the row is left as it is)."""
+    main = n - n % VEC_LANES
+    if main == 0:
+        return None
+    if main < n:
+        row = sch.loop_partition(row, [main, None])[0]
+    vectors, lanes = sch.split(row, [None, VEC_LANES])
+    sch.vectorize(lanes)
+    return vectors
+
+
 class CPUInjective(dl.ScheduleRule):
     """Parallel outer loops for an injective (elementwise / data-movement) PrimFunc."""
 
@@ -74,15 +87,10 @@ class CPUInjective(dl.ScheduleRule):
         extents = [sch.get(lp).extent for lp in loops]
         if not all(isinstance(e, tirx.IntImm) for e in extents):
             return None
-        if len(loops) == 1:  # one flat loop: 8-lane vectors, the vectors in parallel, a scalar tail
-            n = int(extents[0].value)
-            main = n - n % VEC_LANES
-            if main == 0:
-                return sch
-            body = sch.loop_partition(loops[0], [main, None])[0] if main < n else loops[0]
-            par, vec = sch.split(body, [None, VEC_LANES])
-            sch.parallel(par)
-            sch.vectorize(vec)
+        if len(loops) == 1:  # one flat loop: its vectors run in parallel
+            vectors = _vectorize_row(sch, loops[0], int(extents[0].value))
+            if vectors is not None:
+                sch.parallel(vectors)
             return sch
         short_layout_change = int(extents[-1].value) < VEC_LANES and not _elementwise(sch.get(infos[0].block_rv))
         # A layout change with a short last axis (operand packing: [.., 16, 2]) has strided reads: explicit
@@ -101,12 +109,7 @@ class CPUInjective(dl.ScheduleRule):
             sch.parallel(fused)
         if short_layout_change:
             return sch
-        row = sch.fuse(*loops[-keep:]) if keep > 1 else loops[-1]
-        main = inner - inner % VEC_LANES
-        if main < inner:  # a non-multiple of 8: vector body over `main`, scalar loop over the rest
-            row = sch.loop_partition(row, [main, None])[0]
-        _, vec = sch.split(row, [None, VEC_LANES])
-        sch.vectorize(vec)
+        _vectorize_row(sch, sch.fuse(*loops[-keep:]) if keep > 1 else loops[-1], inner)
         return sch
 
 
