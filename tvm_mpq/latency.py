@@ -10,7 +10,10 @@ Whole-model latency of a plan = Σ layer latencies at their candidates + Σ conv
 float activation into a layer's integer input dtype). When the store holds in-model segments for every
 (layer, candidate) the model can take, they are used instead of the isolated tasks and the converts
 are zero (a segment already contains the quantize the compiled model fuses); isolated and in-model
-entries are never mixed, since isolated tasks overestimate a compiled model's layers.
+entries are never mixed, since isolated tasks overestimate a compiled model's layers. In-model tables
+also carry *boundary corrections* where they were measured (`measure.in_model.measure_boundaries`):
+for a layer whose next layer runs at another activation precision, the difference between its segment
+in that situation and its homogeneous segment, added per such edge of a plan.
 """
 
 from __future__ import annotations
@@ -42,15 +45,31 @@ class LatencyTable:
     layers: dict[str, dict[str, Entry]]  # layer → candidate → entry
     converts: dict[str, dict[int, list[Entry]]]  # layer → activation bits → one entry per activation input
     notes: list[str] = field(default_factory=list)
+    # layer → (its activation bits, next layer's activation bits) → correction, where the next layer in
+    # execution order takes another activation precision (32 = float); in-model tables only
+    boundaries: dict[str, dict[tuple[int, int], Entry]] = field(default_factory=dict)
+
+    def boundary_ms(self, layer: str, cand: str, next_cand: str) -> float:
+        """Correction of `layer`'s latency at `cand` when the next layer runs at `next_cand` (0 when both
+        take the same activation precision, or when it was not measured)."""
+        a, b = get_candidate(cand).act_bits or 32, get_candidate(next_cand).act_bits or 32
+        if a == b:
+            return 0.0
+        e = self.boundaries.get(layer, {}).get((a, b))
+        return e.ms if e is not None else 0.0
 
     def model_ms(self, plan_layers: Mapping[str, str]) -> float:
-        """Predicted latency of a whole plan: layers at their candidates plus the converts they need."""
+        """Predicted latency of a whole plan: layers at their candidates plus the converts they need and
+        the boundary corrections of the edges where the activation precision changes."""
         total = 0.0
-        for name, row in self.layers.items():
+        names = list(self.layers)
+        for i, (name, row) in enumerate(self.layers.items()):
             cand = get_candidate(plan_layers.get(name, "FP32"))
             total += row[cand.name].ms
             if cand.is_quantized:
                 total += sum(e.ms for e in self.converts[name][cand.act_bits])
+            if i + 1 < len(names):
+                total += self.boundary_ms(name, cand.name, plan_layers.get(names[i + 1], "FP32"))
         return total
 
     def sources(self) -> dict[str, int]:
@@ -68,6 +87,8 @@ class LatencyTable:
             "layers": {n: {c: e.to_dict() for c, e in row.items()} for n, row in self.layers.items()},
             "converts": {n: {f"A{b}": [e.to_dict() for e in es] for b, es in row.items()}
                          for n, row in self.converts.items()},
+            "boundaries": {n: {f"A{a}->A{b}": e.to_dict() for (a, b), e in row.items()}
+                           for n, row in self.boundaries.items()},
         }
 
 
@@ -149,15 +170,17 @@ def _in_model_table(graph: LayerGraph, profile, measurements, device, kernels):
 
     fingerprint = model_fingerprint(graph)
     best: dict[tuple[str, str], object] = {}
+    edges: dict[tuple[str, str, str], object] = {}  # (layer, candidate, next candidate) → boundary segment
     for m in measurements:
         if m.kind != KIND or (kernels is not None and m.meta.get("kernels", UNVERSIONED) != kernels):
             continue
         key = parse_segment_key(m.workload)
-        if key is None or key[0] != fingerprint or key[1] is None:
+        if key is None or key.fingerprint != fingerprint or key.layer is None:
             continue
-        k = (key[1], m.candidate)
-        if k not in best or (device is not None and m.device == device):
-            best[k] = m
+        found = best if key.next_candidate is None else edges
+        k = (key.layer, m.candidate) if key.next_candidate is None else (key.layer, m.candidate, key.next_candidate)
+        if k not in found or (device is not None and m.device == device):
+            found[k] = m
     if not best:
         return None, None
     layers: dict[str, dict[str, Entry]] = {}
@@ -189,7 +212,29 @@ def _in_model_table(graph: LayerGraph, profile, measurements, device, kernels):
             layers[name].pop(cand, None)
     notes = [f"latencies measured inside the compiled model (in-model segments of {len(best)} "
              f"layer x candidate builds; converts included in the segments)"]
-    return LatencyTable(profile.name, layers, converts, notes), None
+    boundaries = _boundary_corrections(edges, layers)
+    if boundaries:
+        notes.append(f"boundary corrections for {sum(len(r) for r in boundaries.values())} "
+                     f"(layer, precision change) pairs from alternating-precision builds")
+    else:
+        notes.append("no boundary builds: precision changes between layers are costed as in the homogeneous "
+                     "builds (run `tvm-mpq profile` again to measure them)")
+    return LatencyTable(profile.name, layers, converts, notes, boundaries), None
+
+
+def _boundary_corrections(edges, layers) -> dict[str, dict[tuple[int, int], Entry]]:
+    """layer → (act bits, next act bits) → boundary segment − the homogeneous segment of its candidate."""
+    out: dict[str, dict[tuple[int, int], Entry]] = {}
+    for (name, cand, nxt), m in edges.items():
+        base = layers.get(name, {}).get(cand)
+        if base is None:
+            continue
+        key = (get_candidate(cand).act_bits or 32, get_candidate(nxt).act_bits or 32)
+        if key[0] == key[1]:
+            continue
+        std = (m.std_ms ** 2 + base.std_ms ** 2) ** 0.5
+        out.setdefault(name, {})[key] = Entry(m.median_ms - base.ms, std, IN_MODEL)
+    return out
 
 
 def _reachable(graph: LayerGraph, profile, layer: str, cand: str) -> bool:

@@ -14,6 +14,14 @@ kernel. Segments are scaled so that they add up to the uninstrumented latency of
 of its layers' segments at their candidates: exact for every homogeneous build, an approximation at
 precision changes (the fused quantize of the next layer is the one of the layer's own build).
 
+Precision boundaries. Where a layer's next layer (in execution order) takes another activation
+precision, the calls between the two kernels differ from both homogeneous builds: an int8 layer's
+epilogue dequantizes instead of requantizing, and a float layer's output is quantized (and packed) in a
+pass of its own. `measure_boundaries` compiles, for each pair of activation precisions, two plans that
+alternate them layer by layer (quantizer groups kept whole), so every layer is measured once followed
+by each other precision; `tvm_mpq.latency` adds the difference to the homogeneous segment (a
+*boundary correction*) for every edge of a plan where the precision changes.
+
 Segments are stored as kind "model" measurements keyed by a fingerprint of the model's layer
 structure (`segment_key`), so `tvm_mpq.latency` uses them for exactly that model.
 """
@@ -24,7 +32,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -47,19 +55,44 @@ def model_fingerprint(graph: LayerGraph) -> str:
     return h.hexdigest()[:16]
 
 
-def segment_key(fingerprint: str, layer: Optional[str]) -> str:
-    """Store workload key of one layer's segment, or of the whole model when `layer` is None."""
-    return json.dumps({"in_model": fingerprint, "layer": layer}, separators=(",", ":"))
+def segment_key(fingerprint: str, layer: Optional[str], *, next_candidate: Optional[str] = None,
+                build: Optional[str] = None) -> str:
+    """Store workload key of one layer's segment, or of the whole model when `layer` is None.
+
+    `next_candidate`: the segment of a boundary build, where the next layer ran at that candidate.
+    `build`: names a boundary build (its whole-model row)."""
+    data: dict = {"in_model": fingerprint, "layer": layer}
+    if next_candidate is not None:
+        data["next"] = next_candidate
+    if build is not None:
+        data["build"] = build
+    return json.dumps(data, separators=(",", ":"))
 
 
-def parse_segment_key(key: str) -> Optional[tuple[str, Optional[str]]]:
+@dataclass(frozen=True)
+class SegmentKey:
+    fingerprint: str
+    layer: Optional[str]
+    next_candidate: Optional[str] = None  # set for a segment of a boundary build
+    build: Optional[str] = None  # set for the whole-model row of a boundary build
+
+
+def parse_segment_key(key: str) -> Optional[SegmentKey]:
     try:
         data = json.loads(key)
     except ValueError:
         return None
     if not isinstance(data, dict) or "in_model" not in data:
         return None
-    return data["in_model"], data.get("layer")
+    return SegmentKey(data["in_model"], data.get("layer"), data.get("next"), data.get("build"))
+
+
+def act_class(candidate: str) -> int:
+    """Activation precision of a candidate in bits (32 for float activations): what decides whether a
+    quantize or dequantize sits between two layers."""
+    from ..numerics import get_candidate
+
+    return get_candidate(candidate).act_bits or 32
 
 
 def call_times(vm_factory: Callable[[], object], args: Sequence, runs: int) -> tuple[list[str], np.ndarray]:
@@ -176,6 +209,33 @@ def build_candidates(profile) -> list[str]:
     return sorted(seen, key=lambda c: c == "FP32")
 
 
+def _time_build(imported, plan, target, inputs, repeat: int, runs: int, log, label: str):
+    """(whole-model stats, segment ms, segment spread, calls, instrumented ms) of one plan's build."""
+    import tvm
+    from tvm import relax
+
+    from ..build import build
+
+    log(f"in-model: compiling {imported.name} at {label}")
+    compiled = build(imported, plan, target)
+    whole = compiled.benchmark(inputs, number=1, repeat=repeat)
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    symbols, seconds = call_times(lambda: relax.VirtualMachine(compiled.executable, tvm.cpu()), args, runs)
+    segments = layer_segments(symbols, seconds, imported.graph)
+    ms, spread = segment_ms(segments, whole.median_ms)
+    instrumented_ms = float(np.median(seconds.sum(axis=1))) * 1e3
+    log(f"in-model: {label} {whole.median_ms:.2f} ms (instrumented {instrumented_ms:.2f} ms, {len(symbols)} calls)")
+    return whole, ms, spread, len(symbols), instrumented_ms
+
+
+def _check_local(profile):
+    target = profile.tvm_target()
+    if target.kind.name != "llvm":
+        raise InModelError(f"in-model profiling runs the model on this machine; profile {profile.name} "
+                           f"targets {target.kind.name}")
+    return target
+
+
 def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] = None, runs: int = 20,
                      repeat: Optional[int] = None, device: str = "local",
                      store=None, log: Callable[[str], None] = lambda m: None) -> InModelProfile:
@@ -184,19 +244,12 @@ def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] =
 
     A layer's segment is stored only for the candidate it has in the build (a group or an op without the
     candidate falls back, see `plan.homogeneous_plan`)."""
-    import tvm
-    from tvm import relax
-
-    from ..build import build
     from ..kernels import kernels_id
     from ..plan import homogeneous_plan, resolve
 
     start = time.perf_counter()
     graph = imported.graph
-    target = profile.tvm_target()
-    if target.kind.name != "llvm":
-        raise InModelError(f"in-model profiling runs the model on this machine; profile {profile.name} "
-                           f"targets {target.kind.name}")
+    target = _check_local(profile)
     kernels = kernels_id(target)
     result = InModelProfile(model_fingerprint(graph))
     inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
@@ -205,27 +258,18 @@ def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] =
         try:
             plan = resolve(homogeneous_plan(graph, profile, cand, synthetic_ranges(graph), model=imported.name),
                            graph, profile)
-            log(f"in-model: compiling {imported.name} at {cand}")
-            compiled = build(imported, plan, target)
-            whole = compiled.benchmark(inputs, number=1, repeat=repeat)
-            args = [tvm.runtime.tensor(a) for a in inputs]
-            symbols, seconds = call_times(lambda: relax.VirtualMachine(compiled.executable, tvm.cpu()), args, runs)
-            segments = layer_segments(symbols, seconds, graph)
+            whole, ms, spread, calls, instrumented_ms = _time_build(imported, plan, target, inputs, repeat, runs,
+                                                                    log, cand)
         except Exception as err:  # one build that fails must not lose the others; it is reported
             result.failed[cand] = f"{type(err).__name__}: {err}"[:500]
             log(f"in-model: {cand} failed: {result.failed[cand]}")
             continue
-        ms, spread = segment_ms(segments, whole.median_ms)
-        totals = seconds.sum(axis=1)
-        own = {n: c for n, c in plan.layers.items()}
+        own = dict(plan.layers)
         result.model_ms[cand] = whole.median_ms
         result.segments_ms[cand] = {n: v for n, v in ms.items() if own[n] == cand}
         result.plans[cand] = own
-        instrumented_ms = float(np.median(totals)) * 1e3
-        log(f"in-model: {cand} {whole.median_ms:.2f} ms (instrumented {instrumented_ms:.2f} ms, "
-            f"{len(symbols)} calls)")
         if store is not None:
-            meta = {"kernels": kernels, "model": imported.name, "runs": runs, "calls": len(symbols),
+            meta = {"kernels": kernels, "model": imported.name, "runs": runs, "calls": calls,
                     "instrumented_ms": instrumented_ms}
             rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None), cand,
                                 whole.median_ms, whole.min_ms, whole.max_ms, whole.iqr_ms / 1.349, whole.repeats,
@@ -235,5 +279,92 @@ def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] =
                                         v, v, v, spread[n], runs, 1,
                                         meta={**meta, "part": "segment", "share": v / whole.median_ms}))
             store.put_many(rows)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def boundary_pairs(profile) -> list[tuple[str, str]]:
+    """One representative candidate per activation precision of the profile (the first in the
+    profile's order), and every pair of them: the boundary builds `measure_boundaries` compiles."""
+    reps: dict[int, str] = {}
+    for cand in build_candidates(profile):
+        reps.setdefault(act_class(cand), cand)
+    names = list(reps.values())
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def alternating_plan(graph: LayerGraph, profile, a: str, b: str, phase: int, ranges: Mapping, **meta):
+    """Plan whose layers alternate between the homogeneous plans of `a` and `b` in execution order,
+    starting with `a` (phase 0) or `b` (phase 1); a quantizer group takes one side as a whole, where its
+    first layer falls."""
+    from ..plan import Plan, homogeneous_plan
+
+    pa = homogeneous_plan(graph, profile, a, ranges).layers
+    pb = homogeneous_plan(graph, profile, b, ranges).layers
+    group_of = {n: g.name for g in graph.groups for n in g.layers}
+    side: dict[str, int] = {}
+    layers = {}
+    for i, name in enumerate(graph.layers):
+        unit = group_of.get(name, name)
+        side.setdefault(unit, (len(side) + phase) % 2)
+        layers[name] = (pa if side[unit] == 0 else pb)[name]
+    return Plan(layers, {k: tuple(v) for k, v in ranges.items()}, **meta)
+
+
+def boundary_build_name(a: str, b: str, phase: int) -> str:
+    return f"{a}|{b}|{phase}"
+
+
+def measure_boundaries(imported, profile, *, pairs: Optional[Sequence[tuple[str, str]]] = None, runs: int = 20,
+                       repeat: Optional[int] = None, device: str = "local", store=None,
+                       skip: Sequence[str] = (), log: Callable[[str], None] = lambda m: None) -> InModelProfile:
+    """Compile the two alternating plans of each pair (default `boundary_pairs`), and return (and store)
+    the segment of every layer whose next layer runs at another activation precision, keyed by that next
+    candidate. `skip`: build names (`boundary_build_name`) already measured."""
+    from ..kernels import kernels_id
+    from ..plan import resolve
+
+    start = time.perf_counter()
+    graph = imported.graph
+    target = _check_local(profile)
+    kernels = kernels_id(target)
+    names = list(graph.layers)
+    result = InModelProfile(model_fingerprint(graph))
+    inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
+    repeat = repeat or max(profile.measure.repeat, 10)
+    for a, b in (boundary_pairs(profile) if pairs is None else pairs):
+        for phase in (0, 1):
+            label = boundary_build_name(a, b, phase)
+            if label in skip:
+                continue
+            try:
+                plan = resolve(alternating_plan(graph, profile, a, b, phase, synthetic_ranges(graph),
+                                                model=imported.name), graph, profile)
+                edges = [(n, plan.layers[n], plan.layers[m]) for n, m in zip(names, names[1:])
+                         if act_class(plan.layers[n]) != act_class(plan.layers[m])]
+                if not edges:
+                    log(f"in-model: {label} has no precision boundary (groups or fallbacks): skipped")
+                    continue
+                whole, ms, spread, calls, instrumented_ms = _time_build(imported, plan, target, inputs, repeat,
+                                                                        runs, log, label)
+            except Exception as err:  # reported; the other builds go on
+                result.failed[label] = f"{type(err).__name__}: {err}"[:500]
+                log(f"in-model: {label} failed: {result.failed[label]}")
+                continue
+            result.model_ms[label] = whole.median_ms
+            result.segments_ms[label] = {n: ms[n] for n, _, _ in edges}
+            result.plans[label] = dict(plan.layers)
+            if store is not None:
+                meta = {"kernels": kernels, "model": imported.name, "runs": runs, "calls": calls,
+                        "instrumented_ms": instrumented_ms, "build": label}
+                rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None, build=label),
+                                    a, whole.median_ms, whole.min_ms, whole.max_ms, whole.iqr_ms / 1.349,
+                                    whole.repeats, whole.number, meta={**meta, "part": "whole"})]
+                for n, cand, nxt in edges:
+                    rows.append(Measurement(profile.name, device, IN_MODEL,
+                                            segment_key(result.fingerprint, n, next_candidate=nxt), cand,
+                                            ms[n], ms[n], ms[n], spread[n], runs, 1,
+                                            meta={**meta, "part": "boundary segment"}))
+                store.put_many(rows)
     result.seconds = time.perf_counter() - start
     return result

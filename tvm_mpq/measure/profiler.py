@@ -273,19 +273,29 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
 
 
 def _profile_in_model(spec, profile, store: MeasurementStore, device: str, log) -> dict:
-    """In-model segments of the candidates whose build is not stored yet for this device and kernels."""
+    """In-model segments of the candidates whose build is not stored yet for this device and kernels, then
+    the boundary builds (alternating precisions) not stored yet."""
     from ..frontend import import_model
     from ..kernels import kernels_id
-    from .in_model import IN_MODEL, build_candidates, measure_in_model, model_fingerprint, segment_key
+    from .in_model import (IN_MODEL, build_candidates, measure_boundaries, measure_in_model, model_fingerprint,
+                           parse_segment_key)
 
     imported = import_model(spec.module, spec.example_inputs, name=spec.name,
                             unified_input_ops=profile.constraints.unified_input_ops)
     kernels = kernels_id(profile.tvm_target())
-    whole = segment_key(model_fingerprint(imported.graph), None)
-    done = {m.candidate for m in store.query(profile=profile.name, device=device, kind=IN_MODEL)
-            if m.workload == whole and m.meta.get("kernels") == kernels}
+    fingerprint = model_fingerprint(imported.graph)
+    done, done_boundaries = set(), set()
+    for m in store.query(profile=profile.name, device=device, kind=IN_MODEL):
+        key = parse_segment_key(m.workload)
+        if key is None or key.fingerprint != fingerprint or key.layer is not None or m.meta.get("kernels") != kernels:
+            continue
+        (done_boundaries.add(key.build) if key.build else done.add(m.candidate))
     todo = [c for c in build_candidates(profile) if c not in done]
     result = measure_in_model(imported, profile, candidates=todo, device=device, store=store, log=log) if todo else None
-    return {"already_stored": sorted(done), "measured": sorted(result.model_ms) if result else [],
-            "model_ms": result.model_ms if result else {}, "failed": result.failed if result else {},
-            "seconds": result.seconds if result else 0.0}
+    edges = measure_boundaries(imported, profile, device=device, store=store, skip=sorted(done_boundaries), log=log)
+    return {"already_stored": sorted(done | done_boundaries),
+            "measured": sorted(result.model_ms) if result else [],
+            "boundary_builds": sorted(edges.model_ms),
+            "model_ms": {**(result.model_ms if result else {}), **edges.model_ms},
+            "failed": {**(result.failed if result else {}), **edges.failed},
+            "seconds": (result.seconds if result else 0.0) + edges.seconds}

@@ -2,7 +2,9 @@
 
 For a noise budget N: minimize Σ_g cost[g, c_g] subject to the additive-noise model's
 n0 + Σ_g (noise(g, c_g) - n0) <= N, one candidate per group — a multiple-choice knapsack, solved as
-a MILP (binary x[g, c], Σ_c x[g, c] = 1 per group) with SciPy's HiGHS.
+a MILP (binary x[g, c], Σ_c x[g, c] = 1 per group) with SciPy's HiGHS. The cost table's pair
+terms (precision changes between groups) enter as y = x[g1, c1] AND x[g2, c2], linearized
+(y <= x1, y <= x2, y >= x1 + x2 - 1), so the optimum is exact for them too.
 """
 
 from __future__ import annotations
@@ -65,18 +67,37 @@ def _solve(sens: SensitivityTable, cost: CostTable, budget: float, time_limit: O
     ub = np.ones(len(pairs))
     if (a >= 0).all():
         ub[a > rhs] = 0.0
-    one_hot = np.zeros((len(sens.groups), len(pairs)))
+    col_of = {p: i for i, p in enumerate(pairs)}
+    terms = [((g1, c1), (g2, c2), v) for (g1, g2), t in cost.pairs.items() for (c1, c2), v in t.items()
+             if (g1, c1) in col_of and (g2, c2) in col_of]
+    nx, n = len(pairs), len(pairs) + len(terms)
+    one_hot = np.zeros((len(sens.groups), n))
     col = 0
     for r, g in enumerate(sens.groups):
         k = len(sens.candidates[g])
         one_hot[r, col:col + k] = 1.0
         col += k
-    constraints = [LinearConstraint(one_hot, 1.0, 1.0), LinearConstraint(a[None, :], -np.inf, rhs)]
+    a_row = np.zeros((1, n))
+    a_row[0, :nx] = a
+    constraints = [LinearConstraint(one_hot, 1.0, 1.0), LinearConstraint(a_row, -np.inf, rhs)]
+    if terms:
+        link = np.zeros((3 * len(terms), n))
+        lo = np.full(3 * len(terms), -np.inf)
+        hi = np.zeros(3 * len(terms))
+        for t, (p1, p2, _) in enumerate(terms):
+            y = nx + t
+            link[3 * t, [y, col_of[p1]]] = (1.0, -1.0)  # y - x1 <= 0
+            link[3 * t + 1, [y, col_of[p2]]] = (1.0, -1.0)  # y - x2 <= 0
+            link[3 * t + 2, [y, col_of[p1], col_of[p2]]] = (1.0, -1.0, -1.0)  # y - x1 - x2 >= -1
+            lo[3 * t + 2], hi[3 * t + 2] = -1.0, np.inf
+        constraints.append(LinearConstraint(link, lo, hi))
+    c = np.concatenate([c, [v for _, _, v in terms]])
+    ub = np.concatenate([ub, np.ones(len(terms))])
     options = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    res = milp(c, constraints=constraints, integrality=np.ones(len(pairs)), bounds=Bounds(0.0, ub),
-               options=options)
+    res = milp(c, constraints=constraints, integrality=np.concatenate([np.ones(nx), np.zeros(len(terms))]),
+               bounds=Bounds(0.0, ub), options=options)
     if res.x is None:
         raise ValueError(f"MILP found no solution for noise budget {budget:.6g}: {res.message}")
     x = np.asarray(res.x)

@@ -1,7 +1,8 @@
 """Phase 2: a front of configurations from the all-baseline one down to the cheapest, one move at a time.
 
 A move (g, c) puts group g at candidate c; it is allowed only if it makes g strictly cheaper than
-its current candidate, so every step lowers the cost and the walk ends.
+its current candidate (with the cost table's pair terms to its neighbours at their current
+candidates), so every step lowers the whole configuration's cost and the walk ends.
 
 Orders:
   "sensitivity"       the paper's: all non-baseline (g, c) sorted by SQNR, least harmful first (ties:
@@ -49,11 +50,11 @@ def _sensitivity_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str
     rank = {m: i for i, m in enumerate(sens.moves())}
     ordered = sorted(rank, key=lambda m: (-sens.sqnr_db[m],
                                           -(cost.get(m[0], sens.baseline) - cost.get(*m)), rank[m]))
-    current = {g: cost.get(g, sens.baseline) for g in sens.groups}
+    config = sens.baseline_config()
     applied = []
     for g, c in ordered:
-        if cost.get(g, c) < current[g]:
-            current[g] = cost.get(g, c)
+        if cost.cost_in(g, c, config) < cost.cost_in(g, config[g], config):
+            config[g] = c
             applied.append((g, c))
     return applied
 
@@ -62,7 +63,8 @@ def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str
     groups = sens.groups
     cands = [sens.candidates[g] for g in groups]
     noise = [np.array([sens.noise(g, c) for c in cs]) for g, cs in zip(groups, cands)]
-    costs = [np.array([cost.get(g, c) for c in cs]) for g, cs in zip(groups, cands)]
+    index = {g: i for i, g in enumerate(groups)}
+    config = sens.baseline_config()
     cur = [cs.index(sens.baseline) for cs in cands]
     # best allowed move of each group from its current candidate: (ratio, -saving, candidate index)
     best_ratio = np.full(len(groups), np.inf)
@@ -70,7 +72,8 @@ def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str
     best_cand = np.full(len(groups), -1)
 
     def refresh(i: int):
-        saving = costs[i][cur[i]] - costs[i]
+        costs = np.array([cost.cost_in(groups[i], c, config) for c in cands[i]])  # pair terms: current neighbours
+        saving = costs[cur[i]] - costs
         ok = saving > 0
         best_ratio[i], best_saving[i], best_cand[i] = np.inf, 0.0, -1
         if not ok.any():
@@ -89,8 +92,12 @@ def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str
         live = np.flatnonzero(best_cand >= 0)
         i = live[np.lexsort((live, -best_saving[live], best_ratio[live]))[0]]
         cur[i] = int(best_cand[i])
+        config[groups[i]] = cands[i][cur[i]]
         applied.append((groups[i], cands[i][cur[i]]))
         refresh(i)
+        for other in cost.neighbours(groups[i]):
+            if other in index:
+                refresh(index[other])
     return applied
 
 

@@ -2,7 +2,8 @@
 
 Pure data: a sensitivity table (phase 1: the network's output SQNR with ONE quantizer group changed,
 everything else at the baseline), a cost table (each group's cost at each candidate, additive over
-groups: device milliseconds, or relative BOPs as in the reference implementation), and Pareto points.
+groups: device milliseconds, or relative BOPs as in the reference implementation; optionally plus
+pairwise terms for precision changes between groups), and Pareto points.
 No torch, no TVM: everything here is arithmetic over mappings.
 
 Noise model. A group at candidate c adds relative output-noise power noise(g, c) = 10**(-sqnr/10)
@@ -138,11 +139,16 @@ class SensitivityTable:
 @dataclass(frozen=True)
 class CostTable:
     """Cost of each group at each candidate, additive over groups (plus a constant `offset` for what
-    no group controls, e.g. layers left in float)."""
+    no group controls, e.g. layers left in float), plus optional pairwise terms.
+
+    `pairs[(g1, g2)][(c1, c2)]`: what is added when group g1 is at c1 and g2 at c2 (e.g. the dequantize
+    or quantize pass where one layer's output feeds the next at another precision); any sign, missing
+    entries are 0. Without pairs the cost is purely additive over groups."""
 
     unit: str  # "ms" | "bops"
     cost: Mapping[tuple[str, str], float]
     offset: float = 0.0
+    pairs: Mapping[tuple[str, str], Mapping[tuple[str, str], float]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.unit not in COST_UNITS:
@@ -159,8 +165,34 @@ class CostTable:
         offset = _finite(self.offset, "cost offset")
         if not math.isfinite(offset):
             raise ValueError(f"cost offset is {offset}")
+        pairs: dict[tuple[str, str], Mapping[tuple[str, str], float]] = {}
+        neighbours: dict[str, list[tuple[str, tuple[str, str], bool]]] = {}
+        for key, table in self.pairs.items():
+            if not (isinstance(key, tuple) and len(key) == 2) or key[0] == key[1]:
+                raise ValueError(f"pair key {key!r} is not a pair of two different groups")
+            for g in key:
+                if not any(k[0] == g for k in cost):
+                    raise ValueError(f"pair {key!r} names group {g!r}, which has no cost entry")
+            entries = {}
+            for ck, value in table.items():
+                if not (isinstance(ck, tuple) and len(ck) == 2):
+                    raise ValueError(f"pair {key!r}: candidate key {ck!r} is not a (candidate, candidate) pair")
+                for g, c in zip(key, ck):
+                    if (g, c) not in cost:
+                        raise ValueError(f"pair {key!r} has a term at {ck!r}, but group {g!r} has no cost at {c!r}")
+                v = _finite(value, f"pair term {key!r} at {ck!r}")
+                if not math.isfinite(v):
+                    raise ValueError(f"pair term {key!r} at {ck!r} is {v}")
+                entries[ck] = v
+            if key in pairs or key[::-1] in pairs:
+                raise ValueError(f"pair {key!r} given twice (in either order): merge its terms")
+            pairs[key] = _frozen_map(entries)
+            neighbours.setdefault(key[0], []).append((key[1], key, True))
+            neighbours.setdefault(key[1], []).append((key[0], key, False))
         object.__setattr__(self, "cost", _frozen_map(cost))
         object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "pairs", _frozen_map(pairs))
+        object.__setattr__(self, "_neighbours", {g: tuple(v) for g, v in neighbours.items()})
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -172,8 +204,21 @@ class CostTable:
         except KeyError:
             raise ValueError(f"cost table has no entry for group {group!r} at {cand!r}") from None
 
+    def neighbours(self, group: str) -> tuple[str, ...]:
+        """Groups that share a pair term with `group`."""
+        return tuple(other for other, _, _ in self._neighbours.get(group, ()))
+
+    def cost_in(self, group: str, cand: str, config: Mapping[str, str]) -> float:
+        """cost[group, cand] plus the pair terms between `group` at `cand` and its neighbours at their
+        candidates in `config`: what `config_cost` changes by, up to a constant, when `group` moves."""
+        total = self.get(group, cand)
+        for other, key, first in self._neighbours.get(group, ()):
+            ck = (cand, config[other]) if first else (config[other], cand)
+            total += self.pairs[key].get(ck, 0.0)
+        return total
+
     def config_cost(self, config: Mapping[str, str]) -> float:
-        """offset + Σ_g cost[g, config[g]]; the config must name every group of the table."""
+        """offset + Σ_g cost[g, config[g]] + Σ pair terms; the config must name every group of the table."""
         groups = self.groups
         missing = [g for g in groups if g not in config]
         if missing:
@@ -181,7 +226,9 @@ class CostTable:
         extra = set(config) - set(groups)
         if extra:
             raise ValueError(f"config names groups not in the cost table: {sorted(extra)}")
-        return math.fsum([self.offset] + [self.get(g, config[g]) for g in groups])
+        terms = [self.offset] + [self.get(g, config[g]) for g in groups]
+        terms += [t.get((config[a], config[b]), 0.0) for (a, b), t in self.pairs.items()]
+        return math.fsum(terms)
 
     def check_covers(self, sens: SensitivityTable) -> None:
         """Every (group, candidate) of the sensitivity table has a cost, and no group is unknown to it."""
@@ -279,8 +326,11 @@ def latency_cost_table(latency, groups, candidates: Optional[Mapping[str, Sequen
     `.converts`) and quantizer groups (objects with `.name`, `.layers`).
 
     cost[g, c] = Σ_{layer in g} (layer ms at c + its convert ops if c is quantized), the same terms
-    `LatencyTable.model_ms` adds up; layers in no group stay at FP32 and go into `offset`, so
-    `config_cost(config)` equals `model_ms` of the plan that puts each group's layers at its candidate.
+    `LatencyTable.model_ms` adds up; layers in no group stay at FP32 and go into `offset`. Boundary
+    corrections (`LatencyTable.boundary_ms`, for consecutive layers at different activation precisions)
+    become pair terms between the two layers' groups, or fold into the group's own cost where the other
+    layer is in no group (always FP32). So `config_cost(config)` equals `model_ms` of the plan that puts
+    each group's layers at its candidate.
     `candidates`: group -> candidates to cost (default: those every layer of the group has a latency for).
     """
     from ..numerics import get_candidate  # NumPy-only module
@@ -320,4 +370,38 @@ def latency_cost_table(latency, groups, candidates: Optional[Mapping[str, Sequen
         for c in cands:
             cost[(grp.name, c)] = math.fsum(layer_ms(n, c) for n in names)
     offset = math.fsum(layer_ms(n, "FP32") for n in latency.layers if n not in grouped)
-    return CostTable("ms", cost, offset)
+    pairs = _boundary_pairs(latency, groups, cost)
+    return CostTable("ms", {k: max(v, 0.0) for k, v in cost.items()}, offset, pairs)
+
+
+def _boundary_pairs(latency, groups, cost: dict) -> dict:
+    """Pair terms (and, in place, folded unary terms of `cost`) from a latency table's boundary corrections."""
+    boundary_ms = getattr(latency, "boundary_ms", None)
+    if boundary_ms is None:
+        return {}
+    group_of = {n: grp.name for grp in groups for n in grp.layers}
+    cands: dict[str, list[str]] = {}
+    for g, c in cost:
+        cands.setdefault(g, []).append(c)
+    pairs: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    names = list(latency.layers)
+    for n, m in zip(names, names[1:]):
+        gn, gm = group_of.get(n), group_of.get(m)
+        if gn == gm:  # same group (same candidate) or both in no group (both FP32)
+            continue
+        if gn is None:
+            for cm in cands[gm]:
+                cost[(gm, cm)] += boundary_ms(n, "FP32", cm)
+        elif gm is None:
+            for cn in cands[gn]:
+                cost[(gn, cn)] += boundary_ms(n, cn, "FP32")
+        else:
+            flip = (gm, gn) in pairs
+            table = pairs.setdefault((gm, gn) if flip else (gn, gm), {})
+            for cn in cands[gn]:
+                for cm in cands[gm]:
+                    v = boundary_ms(n, cn, cm)
+                    if v:
+                        k = (cm, cn) if flip else (cn, cm)
+                        table[k] = table.get(k, 0.0) + v
+    return {k: v for k, v in pairs.items() if v}
