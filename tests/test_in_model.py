@@ -8,10 +8,14 @@ from tvm_mpq.graph import Layer, LayerGraph, QuantizerGroup, Workload
 from tvm_mpq.latency import IN_MODEL, MEASURED, build_table
 from tvm_mpq.measure.in_model import (
     InModelError,
+    alternating_plan,
+    boundary_pairs,
     layer_segments,
+    measure_boundaries,
     measure_in_model,
     model_fingerprint,
     segment_ms,
+    synthetic_ranges,
 )
 from tvm_mpq.models import load_model
 from tvm_mpq.store import MeasurementStore
@@ -134,3 +138,42 @@ def test_profile_refuses_in_model_over_rpc():
 
     with pytest.raises(ValueError, match="in-model profiling needs"):
         profile_model("tiny_cnn", "x86_avx2", rpc="127.0.0.1:1:key", in_model=True, budget_s=0)
+
+
+def test_alternating_plans_keep_groups_whole(x86_profile):
+    wl = _linear(8, 8)
+    layers = {f"l{i}": Layer(f"l{i}", "linear", f"n{i}", wl, wl.macs) for i in range(5)}
+    graph = LayerGraph(layers, [QuantizerGroup("g0", ("l0", "l1")), QuantizerGroup("g2", ("l2",)),
+                                QuantizerGroup("g3", ("l3", "l4"))])
+    ranges = synthetic_ranges(graph)
+    p0 = alternating_plan(graph, x86_profile, "W8A8", "FP32", 0, ranges).layers
+    p1 = alternating_plan(graph, x86_profile, "W8A8", "FP32", 1, ranges).layers
+    assert p0 == {"l0": "W8A8", "l1": "W8A8", "l2": "FP32", "l3": "W8A8", "l4": "W8A8"}
+    assert p1 == {n: ("FP32" if c == "W8A8" else "W8A8") for n, c in p0.items()}
+    # one representative per activation precision: W4A8 shares W8A8's
+    assert boundary_pairs(x86_profile) == [("W8A8", "W8A16"), ("W8A8", "FP32"), ("W8A16", "FP32")]
+
+
+def test_boundary_builds_correct_the_table_of_mixed_plans(tiny, x86_profile, measured, tmp_path):
+    """The alternating W8A8/FP32 builds: every layer followed by the other precision is stored with that next
+    candidate, and the table's boundary corrections bring its prediction of those builds closer to them."""
+    _, rows = measured
+    with MeasurementStore(tmp_path / "store.sqlite") as store:
+        store.put_many(rows)
+        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, repeat=2, store=store)
+        edges = measure_boundaries(tiny, x86_profile, pairs=[("W8A8", "FP32")], runs=3, repeat=3, store=store)
+        rows = store.query(profile=x86_profile.name)
+    assert not more.failed and not edges.failed and set(edges.model_ms) == {"W8A8|FP32|0", "W8A8|FP32|1"}
+    names = list(tiny.graph.layers)
+    for label, plan in edges.plans.items():
+        assert set(edges.segments_ms[label]) == {n for n, m in zip(names, names[1:]) if plan[n] != plan[m]}
+    table = build_table(tiny.graph, x86_profile, rows)
+    assert set(table.sources()) == {IN_MODEL} and any("boundary corrections" in n for n in table.notes)
+    assert set(table.boundaries) == set(names[:-1])
+    assert all(set(row) == {(8, 32), (32, 8)} for row in table.boundaries.values())
+    err_with = err_without = 0.0
+    for label, plan in edges.plans.items():
+        additive = sum(table.layers[n][c].ms for n, c in plan.items())
+        err_with += abs(table.model_ms(plan) - edges.model_ms[label])
+        err_without += abs(additive - edges.model_ms[label])
+    assert err_with < err_without

@@ -87,3 +87,39 @@ def test_exact_front_sorted_and_gap_needs_covering_front():
         optimality_gap(greedy, exact_front(sens, cost, [1e-1]))
     with pytest.raises(ValueError, match=">= 0"):
         exact_front(sens, cost, [-1.0])
+
+
+def _with_pairs(sens, cost, seed):
+    """The synthetic tables plus random pair terms (either sign) between consecutive groups."""
+    rng = np.random.default_rng(seed)
+    groups = sens.groups
+    pairs = {}
+    for g1, g2 in zip(groups, groups[1:]):
+        pairs[(g1, g2)] = {(c1, c2): float(rng.uniform(-0.2, 0.5)) * min(cost.cost[(g1, c1)], cost.cost[(g2, c2)])
+                           for c1 in sens.candidates[g1] for c2 in sens.candidates[g2] if c1 != c2}
+    return CostTable(cost.unit, dict(cost.cost), cost.offset, pairs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_with_pair_terms_equals_enumeration(seed):
+    sens, additive = synthetic_tables(seed, 6, 3)
+    cost = _with_pairs(sens, additive, seed)
+    choices = list(itertools.product(*(sens.candidates[g] for g in sens.groups)))
+    configs = [dict(zip(sens.groups, ch)) for ch in choices]
+    c = np.array([cost.config_cost(cfg) for cfg in configs])
+    nz = np.array([predicted_noise(sens, cfg) for cfg in configs])
+    for b in np.quantile(nz, [0.0, 0.05, 0.3, 0.7, 1.0]):
+        p = exact_min_cost(sens, cost, -10 * math.log10(b) if b > 0 else math.inf)
+        assert p.cost == pytest.approx(c[nz <= b * (1 + 1e-9)].min(), rel=1e-9, abs=1e-12)
+        assert p.cost == pytest.approx(cost.config_cost(p.config))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_greedy_with_pair_terms_lowers_the_whole_cost_each_step(order):
+    sens, additive = synthetic_tables(3, 8, 3)
+    cost = _with_pairs(sens, additive, 3)
+    front = pareto_front(sens, cost, order)
+    assert len(front) > 1
+    for prev, p in zip(front, front[1:]):
+        assert p.cost < prev.cost
+        assert p.cost == pytest.approx(cost.config_cost(p.config))

@@ -126,3 +126,22 @@ def test_bad_arguments():
     partial = CostTable("ms", {k: v for k, v in cost.cost.items() if k != ("B", "W8A8")})
     with pytest.raises(ValueError, match="'B' at 'W8A8'"):
         pareto_front(sens, partial)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_joint_moves_cross_a_boundary_barrier(order):
+    """Three chained groups where quantizing any one alone adds two precision changes that cost more than it
+    saves: only a joint move reaches the all-W8A8 configuration, which is the cheapest."""
+    groups = ("A", "B", "C")
+    cands = {g: ("FP32", "W8A8") for g in groups}
+    sens = SensitivityTable("FP32", groups, cands, {("A", "W8A8"): 40.0, ("B", "W8A8"): 38.0, ("C", "W8A8"): 39.0})
+    boundary = {("FP32", "W8A8"): 0.3, ("W8A8", "FP32"): 0.3}
+    cost = CostTable("ms", {(g, c): (1.0 if c == "FP32" else 0.8) for g in groups for c in ("FP32", "W8A8")},
+                     0.0, {("A", "B"): boundary, ("B", "C"): boundary})
+    base = sens.baseline_config()
+    assert all(cost.change(base, {g: "W8A8"}) > 0 for g in groups)  # no single move pays
+    front = pareto_front(sens, cost, order)
+    assert dict(front[-1].config) == {g: "W8A8" for g in groups}
+    assert front[-1].cost == pytest.approx(2.4) and front[-1].moves == 3
+    for prev, p in zip(front, front[1:]):
+        assert p.cost < prev.cost and p.cost == pytest.approx(cost.config_cost(p.config))

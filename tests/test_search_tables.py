@@ -139,3 +139,56 @@ def test_search_modules_import_without_torch_or_tvm():
             "bad = [m for m in ('torch', 'tvm', 'scipy.optimize') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(ROOT / "tvm_mpq")], check=True, timeout=60)
+
+
+def test_latency_cost_table_with_boundaries_equals_model_ms():
+    """Boundary corrections: pair terms between grouped neighbours, folded into the group's cost where the
+    neighbour is in no group; config_cost = model_ms for every plan, and differs from the additive cost."""
+    from tvm_mpq.graph import QuantizerGroup
+    from tvm_mpq.latency import IN_MODEL, Entry, LatencyTable
+
+    rng = np.random.default_rng(1)
+    names = ["l0", "l1", "l2", "l3", "l4"]
+    cands = ("FP32", "W8A8", "W4A8", "W8A16")
+    layers = {n: {c: Entry(float(rng.uniform(0.5, 2)), 0.0, IN_MODEL) for c in cands} for n in names}
+    converts = {n: {b: [Entry(0.0, 0.0, IN_MODEL)] for b in (8, 16)} for n in names}
+    bits = (8, 16, 32)
+    boundaries = {n: {(a, b): Entry(float(rng.uniform(-0.2, 0.4)), 0.0, IN_MODEL) for a in bits for b in bits if a != b}
+                  for n in names[:-1]}
+    lat = LatencyTable("p", layers, converts, [], boundaries)
+    # l0 and l2 share a group (a pair term l0→l1 and l1→l2 both link groups "a" and "b"); l3 is in no group
+    groups = [QuantizerGroup("a", ("l0", "l2")), QuantizerGroup("b", ("l1",)), QuantizerGroup("c", ("l4",))]
+    table = latency_cost_table(lat, groups)
+    assert set(table.pairs) == {("a", "b")} and set(table.neighbours("a")) == {"b"}
+    differs = 0
+    for ca in cands:
+        for cb in cands:
+            for cc in cands:
+                plan = {"l0": ca, "l2": ca, "l1": cb, "l4": cc}
+                config = {"a": ca, "b": cb, "c": cc}
+                assert table.config_cost(config) == pytest.approx(lat.model_ms(plan))
+                additive = sum(layers[n][plan.get(n, "FP32")].ms for n in names)
+                differs += not math.isclose(table.config_cost(config), additive)
+                # cost_in: the config's cost changes by exactly the difference of cost_in when one group moves
+                moved = {**config, "b": "W8A8"}
+                assert (table.config_cost(moved) - table.config_cost(config)) == pytest.approx(
+                    table.cost_in("b", "W8A8", config) - table.cost_in("b", cb, config))
+    assert differs > 0
+    # same activation precision (W8A8 → W4A8): no correction
+    assert lat.boundary_ms("l0", "W8A8", "W4A8") == 0.0
+    assert lat.boundary_ms("l0", "W8A8", "FP32") == boundaries["l0"][(8, 32)].ms
+
+
+def test_cost_table_pair_validation():
+    cost = {("a", "FP32"): 1.0, ("a", "W8A8"): 0.5, ("b", "FP32"): 1.0, ("b", "W8A8"): 0.5}
+    t = CostTable("ms", cost, 0.0, {("a", "b"): {("FP32", "W8A8"): 0.3, ("W8A8", "FP32"): -0.1}})
+    assert t.config_cost({"a": "FP32", "b": "W8A8"}) == pytest.approx(1.8)
+    assert t.config_cost({"a": "W8A8", "b": "FP32"}) == pytest.approx(1.4)
+    assert t.config_cost({"a": "W8A8", "b": "W8A8"}) == pytest.approx(1.0)
+    for pairs, words in [({("a", "a"): {}}, "two different groups"),
+                         ({("a", "z"): {}}, "group 'z'"),
+                         ({("a", "b"): {("FP32", "W4A8"): 1.0}}, "no cost at 'W4A8'"),
+                         ({("a", "b"): {("FP32", "W8A8"): float("nan")}}, "NaN"),
+                         ({("a", "b"): {}, ("b", "a"): {}}, "given twice")]:
+        with pytest.raises(ValueError, match=words):
+            CostTable("ms", cost, 0.0, pairs)

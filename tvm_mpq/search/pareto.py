@@ -9,6 +9,11 @@ Orders:
                       larger saving first), walked once, applying each move still allowed.
   "quality_per_cost"  this project's default: greedy, at each step the allowed move with the least
                       noise added per unit of cost saved, Δnoise / Δcost.
+
+Pair terms (a cost for a precision change between neighbouring groups) can make every single move
+dearer than it saves although moving a neighbour along would pay: quantizing one layer between two
+float ones adds two converts. With pair terms a move may therefore be *joint*: a connected set of up
+to `MAX_JOINT` neighbouring groups moved to one candidate together, costed and scored as one step.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from .tables import CostTable, ParetoPoint, SensitivityTable, predicted_sqnr_db
 
 ORDERS = ("quality_per_cost", "sensitivity")
+MAX_JOINT = 3  # most groups one joint move changes (a block's expand / depthwise / project convs)
 
 
 def pareto_front(sens: SensitivityTable, cost: CostTable, order: str = "quality_per_cost",
@@ -36,9 +42,12 @@ def pareto_front(sens: SensitivityTable, cost: CostTable, order: str = "quality_
         raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
     config = sens.baseline_config()
     points = [_point(sens, cost, config, 0, None)]
-    for i, (g, c) in enumerate(moves, 1):
-        config[g] = c
-        points.append(_point(sens, cost, config, i, (g, c)))
+    done = 0
+    for move in moves:  # a move: ((g, c), ...) of one step (several groups for a joint move)
+        for g, c in move:
+            config[g] = c
+        done += len(move)
+        points.append(_point(sens, cost, config, done, move[0]))
     return prune_dominated(points) if prune else points
 
 
@@ -46,34 +55,72 @@ def _point(sens, cost, config, moves, last) -> ParetoPoint:
     return ParetoPoint(dict(config), cost.config_cost(config), predicted_sqnr_db(sens, config), moves, None, last)
 
 
-def _sensitivity_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str]]:
+def _sensitivity_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[tuple[str, str], ...]]:
     rank = {m: i for i, m in enumerate(sens.moves())}
     ordered = sorted(rank, key=lambda m: (-sens.sqnr_db[m],
                                           -(cost.get(m[0], sens.baseline) - cost.get(*m)), rank[m]))
     config = sens.baseline_config()
+    sets = _joint_sets(sens, cost) if cost.pairs else {}
     applied = []
     for g, c in ordered:
-        if cost.cost_in(g, c, config) < cost.cost_in(g, config[g], config):
+        if config[g] == c:
+            continue
+        if cost.change(config, {g: c}) < 0:
             config[g] = c
-            applied.append((g, c))
+            applied.append(((g, c),))
+            continue
+        # not allowed alone: the joint move containing it that saves most, if one saves
+        best, best_delta = None, 0.0
+        for members in sets.get(g, ()):
+            if all(c in sens.candidates[h] and config[h] != c for h in members):
+                delta = cost.change(config, {h: c for h in members})
+                if delta < best_delta:
+                    best, best_delta = members, delta
+        if best is not None:
+            for h in best:
+                config[h] = c
+            applied.append(tuple((h, c) for h in best))
     return applied
 
 
-def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str]]:
+def _joint_sets(sens: SensitivityTable, cost: CostTable) -> dict[str, list[tuple[str, ...]]]:
+    """group → the connected sets (2 to MAX_JOINT groups, over the cost table's pair terms) containing it,
+    each in sensitivity-table group order."""
+    order = {g: i for i, g in enumerate(sens.groups)}
+    found: set[tuple[str, ...]] = set()
+    frontier = [frozenset([g]) for g in sens.groups]
+    for _ in range(MAX_JOINT - 1):
+        grown = set()
+        for members in frontier:
+            for g in members:
+                for h in cost.neighbours(g):
+                    if h in order and h not in members:
+                        grown.add(members | {h})
+        found.update(tuple(sorted(m, key=order.get)) for m in grown)
+        frontier = list(grown)
+    by_group: dict[str, list[tuple[str, ...]]] = {}
+    for members in sorted(found, key=lambda m: (len(m), [order[g] for g in m])):
+        for g in members:
+            by_group.setdefault(g, []).append(members)
+    return by_group
+
+
+def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[tuple[str, str], ...]]:
+    if cost.pairs:
+        return _greedy_joint_walk(sens, cost)
     groups = sens.groups
     cands = [sens.candidates[g] for g in groups]
     noise = [np.array([sens.noise(g, c) for c in cs]) for g, cs in zip(groups, cands)]
-    index = {g: i for i, g in enumerate(groups)}
-    config = sens.baseline_config()
     cur = [cs.index(sens.baseline) for cs in cands]
     # best allowed move of each group from its current candidate: (ratio, -saving, candidate index)
     best_ratio = np.full(len(groups), np.inf)
     best_saving = np.zeros(len(groups))
     best_cand = np.full(len(groups), -1)
 
+    costs = [np.array([cost.get(g, c) for c in cs]) for g, cs in zip(groups, cands)]
+
     def refresh(i: int):
-        costs = np.array([cost.cost_in(groups[i], c, config) for c in cands[i]])  # pair terms: current neighbours
-        saving = costs[cur[i]] - costs
+        saving = costs[i][cur[i]] - costs[i]
         ok = saving > 0
         best_ratio[i], best_saving[i], best_cand[i] = np.inf, 0.0, -1
         if not ok.any():
@@ -92,13 +139,36 @@ def _greedy_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[str, str
         live = np.flatnonzero(best_cand >= 0)
         i = live[np.lexsort((live, -best_saving[live], best_ratio[live]))[0]]
         cur[i] = int(best_cand[i])
-        config[groups[i]] = cands[i][cur[i]]
-        applied.append((groups[i], cands[i][cur[i]]))
+        applied.append(((groups[i], cands[i][cur[i]]),))
         refresh(i)
-        for other in cost.neighbours(groups[i]):
-            if other in index:
-                refresh(index[other])
     return applied
+
+
+def _greedy_joint_walk(sens: SensitivityTable, cost: CostTable) -> list[tuple[tuple[str, str], ...]]:
+    """The quality-per-cost greedy over single and joint moves (tables with pair terms)."""
+    order = {g: i for i, g in enumerate(sens.groups)}
+    sets = [(g,) for g in sens.groups]
+    sets += sorted({m for ms in _joint_sets(sens, cost).values() for m in ms}, key=lambda m: [order[g] for g in m])
+    config = sens.baseline_config()
+    applied = []
+    while True:
+        best, best_key = None, None
+        for rank, members in enumerate(sets):
+            for c in sens.candidates[members[0]]:
+                if any(config[g] == c or c not in sens.candidates[g] for g in members):
+                    continue
+                changes = {g: c for g in members}
+                saving = -cost.change(config, changes)
+                if saving <= 0:
+                    continue
+                dn = math.fsum(sens.noise(g, c) - sens.noise(g, config[g]) for g in members)
+                key = (dn / saving, -saving, rank, sens.candidates[members[0]].index(c))
+                if best_key is None or key < best_key:
+                    best, best_key = changes, key
+        if best is None:
+            return applied
+        config.update(best)
+        applied.append(tuple(best.items()))
 
 
 def prune_dominated(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:

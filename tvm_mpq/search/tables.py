@@ -217,6 +217,20 @@ class CostTable:
             total += self.pairs[key].get(ck, 0.0)
         return total
 
+    def change(self, config: Mapping[str, str], changes: Mapping[str, str]) -> float:
+        """config_cost(config updated with `changes`) − config_cost(config), from the terms they touch."""
+        delta = math.fsum(self.get(g, c) - self.get(g, config[g]) for g, c in changes.items())
+        seen = set()
+        new = {**config, **changes}
+        for g in changes:
+            for _, key, _ in self._neighbours.get(g, ()):
+                if key in seen:
+                    continue
+                seen.add(key)
+                t = self.pairs[key]
+                delta += t.get((new[key[0]], new[key[1]]), 0.0) - t.get((config[key[0]], config[key[1]]), 0.0)
+        return delta
+
     def config_cost(self, config: Mapping[str, str]) -> float:
         """offset + Σ_g cost[g, config[g]] + Σ pair terms; the config must name every group of the table."""
         groups = self.groups
