@@ -244,7 +244,7 @@ def _cmd_search(args) -> int:
     print(f"front: better order by area: {winner} ({a['orders']['chosen']} better at {cmp['a_better']} "
           f"of {cmp['levels']} cost levels)")
     if gap:
-        print(f"greedy vs exact optimum of the additive model: {gap['optimal_points']}/{gap['points']} points "
+        print(f"greedy vs exact optimum of the cost and noise tables: {gap['optimal_points']}/{gap['points']} points "
               f"optimal, max cost gap {gap['max_relative_gap'] * 100:.1f} %")
     if add["points"]:
         print(f"additive noise model vs evaluated SQNR: mean error {add['mean_error_db']:+.1f} dB, "
