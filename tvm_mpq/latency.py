@@ -23,6 +23,7 @@ from typing import Mapping, Optional
 
 from .cost_model.roofline import roofline_ms
 from .graph import LayerGraph
+from .measure.in_model import act_class
 from .measure.tasks import CONVERT, LAYER, convert_key
 from .numerics import get_candidate
 
@@ -52,7 +53,7 @@ class LatencyTable:
     def boundary_ms(self, layer: str, cand: str, next_cand: str) -> float:
         """Correction of `layer`'s latency at `cand` when the next layer runs at `next_cand` (0 when both
         take the same activation precision, or when it was not measured)."""
-        a, b = get_candidate(cand).act_bits or 32, get_candidate(next_cand).act_bits or 32
+        a, b = act_class(cand), act_class(next_cand)
         if a == b:
             return 0.0
         e = self.boundaries.get(layer, {}).get((a, b))
@@ -229,7 +230,7 @@ def _boundary_corrections(edges, layers) -> dict[str, dict[tuple[int, int], Entr
         base = layers.get(name, {}).get(cand)
         if base is None:
             continue
-        key = (get_candidate(cand).act_bits or 32, get_candidate(nxt).act_bits or 32)
+        key = (act_class(cand), act_class(nxt))
         if key[0] == key[1]:
             continue
         std = (m.std_ms ** 2 + base.std_ms ** 2) ** 0.5

@@ -304,7 +304,7 @@ def alternating_plan(graph: LayerGraph, profile, a: str, b: str, phase: int, ran
     group_of = {n: g.name for g in graph.groups for n in g.layers}
     side: dict[str, int] = {}
     layers = {}
-    for i, name in enumerate(graph.layers):
+    for name in graph.layers:
         unit = group_of.get(name, name)
         side.setdefault(unit, (len(side) + phase) % 2)
         layers[name] = (pa if side[unit] == 0 else pb)[name]
