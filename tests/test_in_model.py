@@ -84,7 +84,7 @@ def measured(tiny, x86_profile, tmp_path_factory):
     """In-model segments of tiny_cnn at two candidates, in a store."""
     path = tmp_path_factory.mktemp("in_model") / "store.sqlite"
     with MeasurementStore(path) as store:
-        result = measure_in_model(tiny, x86_profile, candidates=["W8A8", "FP32"], runs=3, repeat=3, store=store)
+        result = measure_in_model(tiny, x86_profile, candidates=["W8A8", "FP32"], runs=3, rounds=3, store=store)
         rows = store.query(profile=x86_profile.name)
     return result, rows
 
@@ -111,7 +111,7 @@ def test_table_uses_segments_only_when_complete(tiny, x86_profile, measured, tmp
     path = tmp_path / "store.sqlite"
     with MeasurementStore(path) as store:
         store.put_many(rows)
-        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, repeat=2, store=store)
+        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, rounds=2, store=store)
         rows = store.query(profile=x86_profile.name)
     assert not more.failed
     table = build_table(tiny.graph, x86_profile, rows)
@@ -160,8 +160,8 @@ def test_boundary_builds_correct_the_table_of_mixed_plans(tiny, x86_profile, mea
     _, rows = measured
     with MeasurementStore(tmp_path / "store.sqlite") as store:
         store.put_many(rows)
-        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, repeat=2, store=store)
-        edges = measure_boundaries(tiny, x86_profile, pairs=[("W8A8", "FP32")], runs=3, repeat=3, store=store)
+        more = measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, rounds=2, store=store)
+        edges = measure_boundaries(tiny, x86_profile, pairs=[("W8A8", "FP32")], runs=3, rounds=3, store=store)
         rows = store.query(profile=x86_profile.name)
     assert not more.failed and not edges.failed and set(edges.model_ms) == {"W8A8|FP32|0", "W8A8|FP32|1"}
     names = list(tiny.graph.layers)

@@ -11,7 +11,8 @@ from tvm_mpq.models import load_model
 from tvm_mpq.search.api import SearchConfig, search
 from tvm_mpq.store import Measurement, MeasurementStore
 
-SMALL = dict(calib_samples=24, sensitivity_samples=8, eval_samples=8)
+# measure_points=0: these tests check phases 1-3 on the tables; the measured final choice has its own test
+SMALL = dict(calib_samples=24, sensitivity_samples=8, eval_samples=8, measure_points=0)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,11 @@ def test_phase1_is_cached_and_resumes(tiny, int4_slow_store, tmp_path):
     search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=35.0, range_method="percentile", **SMALL),
            store_path=int4_slow_store, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
+    # Phase 3 settings do not enter phase 1: another target reuses the scores.
+    calls.clear()
+    search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=20.0, selection="brute", **SMALL), store_path=int4_slow_store,
+           cache_dir=tmp_path, progress=lambda d, t, w: calls.append(w))
+    assert [w for w in calls if w != "done"] == [] and len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_unmeetable_target_returns_the_best_point_and_says_so(tiny, int4_slow_store, tmp_path):
@@ -166,3 +172,33 @@ def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp
     table = latency.latency_table
     assert table.model_ms(dict(latency.plan.layers)) < table.model_ms(dict(bops.plan.layers))
     assert measured["latency"] < 1.10 * measured["bops"]
+
+
+def test_final_choice_is_the_fastest_measured_point_meeting_the_target(tiny, int4_slow_store, tmp_path):
+    """The synthetic table rates W8A8 far cheaper than this CPU runs it; the final choice is made on the
+    compiled points timed side by side, and every point timed meets the target."""
+    cfg = {**SMALL, "measure_points": 4, "measure_rounds": 5}
+    result = search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=35.0, **cfg), store_path=int4_slow_store,
+                    cache_dir=tmp_path)
+    m = result.measured
+    assert m is not None and m["met"]
+    labels = [p["label"] for p in m["points"]]
+    assert labels[0] == "selected" and "FP32" in labels and len(labels) == len(set(labels)) <= 4
+    timed = {p["label"]: p for p in m["points"] if p["measured_ms"] is not None}
+    assert len(timed) == len(labels)
+    assert all(p["quality"] >= 35.0 for p in timed.values())
+    chosen = timed[m["chosen"]]
+    assert chosen["measured_ms"] == min(p["measured_ms"] for p in timed.values())
+    group_of = {n: g for g, members in result.group_layers.items() for n in members}
+    assert {n: chosen["config"][group_of[n]] for n in result.plan.layers} == dict(result.plan.layers)
+    assert result.selection.point.config == chosen["config"] and result.timings["measure_s"] > 0
+    assert any("measured" in n or "fastest measured" in n for n in result.notes)
+
+
+def test_final_choice_is_not_measured_for_bops_or_a_device_elsewhere(tiny, int4_slow_store, tmp_path):
+    bops = search(tiny, "x86_avx2", SearchConfig(min_sqnr_db=35.0, cost="bops", **{**SMALL, "measure_points": 4}),
+                  store_path=int4_slow_store, cache_dir=tmp_path)
+    assert bops.measured is None
+    gpu = search(tiny, "cuda_sm90", SearchConfig(min_sqnr_db=35.0, **{**SMALL, "measure_points": 4}),
+                 store_path=int4_slow_store, cache_dir=tmp_path)
+    assert gpu.measured is None and any("not measured" in n and "cuda" in n for n in gpu.notes)

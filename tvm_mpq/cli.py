@@ -208,7 +208,7 @@ def _cmd_search(args) -> int:
         eval_samples=args.eval_samples, range_method=args.range_method, order=args.order, cost=args.cost,
         min_sqnr_db=args.min_sqnr, max_drop_db=None if labeled else args.max_drop,
         min_score=args.min_score, max_score_drop=args.max_drop if labeled else None,
-        latency_budget_ms=args.latency_budget, selection=args.selection,
+        latency_budget_ms=args.latency_budget, selection=args.selection, measure_points=args.measure,
     )
     calibration = None
     if args.calib:
@@ -233,6 +233,13 @@ def _cmd_search(args) -> int:
     if sel is not None:
         print(f"{'selected':<14} {sel.point.cost:>16.3f} {sel.point.evaluated_sqnr_db:>20.2f}"
               f"{'' if sel.met else '   (target not met: best point returned)'}")
+    if result.measured is not None:
+        print(f"{'measured':<14} {'predicted (ms)':>16} {'measured (ms)':>14} {quality:>20}")
+        for p in result.measured["points"]:
+            m = p["measured_ms"]
+            mark = "  <- chosen" if p["label"] == result.measured["chosen"] else ""
+            print(f"{p['label']:<14} {p['predicted_ms']:>16.3f} {m if m is not None else float('nan'):>14.3f} "
+                  f"{p['quality']:>20.4g}{mark}")
     counts: dict[str, int] = {}
     for c in result.plan.layers.values():
         counts[c] = counts.get(c, 0) + 1
@@ -357,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost", default="latency", choices=["latency", "bops"],
                    help="cost of a plan: device latency (default) or BOPs (the reference implementation's)")
     p.add_argument("--selection", default="binary", choices=["binary", "interpolation", "brute"])
+    p.add_argument("--measure", type=int, default=4, metavar="N",
+                   help="compile and time N qualifying points (the selected one, the baseline, homogeneous "
+                        "references, the cheapest front points) side by side on this machine and keep the "
+                        "fastest measured (default 4; 0: trust the predicted latency)")
     p.add_argument("--metric", default="sqnr", choices=["sqnr", "labeled"],
                    help="phase 3 quality: output SQNR vs the float model on held-out samples (default), or the "
                         "model's labeled evaluator (efficientnet_lite0: top-1 on 20 labeled photos, a sanity "

@@ -31,6 +31,7 @@ def search_report(result, extra_points: dict | None = None) -> dict:
         "groups": result.group_layers,
         "extra_points": extra_points or {},
         "analysis": result.analysis,
+        "measured": getattr(result, "measured", None),  # final choice on measured latency (None: predicted only)
         "timings_s": result.timings,
         "notes": result.notes,
     }
@@ -69,6 +70,14 @@ def plot_front(result, path, extra_points: dict | None = None) -> None:
             ax.plot(point["cost"], min(quality, 80), "s", ms=7, label=label)
             ax.annotate(label, (point["cost"], min(quality, 80)), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
+    measured = getattr(result, "measured", None)
+    if measured:
+        timed = [p for p in measured["points"] if p["measured_ms"] is not None]
+        ax.plot([p["measured_ms"] for p in timed], [min(p["quality"], 80) for p in timed], "x", ms=8,
+                color="black", label="measured on the device")
+        for p in timed:
+            ax.annotate("", (p["measured_ms"], min(p["quality"], 80)), (p["predicted_ms"], min(p["quality"], 80)),
+                        arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.8})
     sel = result.selection
     if sel is not None and sel.point.evaluated_sqnr_db is not None:
         ax.plot(sel.point.cost, sel.point.evaluated_sqnr_db, "*", ms=14, color="crimson", label="selected")

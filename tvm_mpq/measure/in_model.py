@@ -13,6 +13,8 @@ kernel. Segments are scaled so that they add up to the uninstrumented latency of
 (time_evaluator), so the instrument's own overhead is not counted. A plan's latency is then the sum
 of its layers' segments at their candidates: exact for every homogeneous build, an approximation at
 precision changes (the fused quantize of the next layer is the one of the layer's own build).
+All builds of one `measure_model` call are compiled first and then timed together in interleaved rounds
+(`measure.interleaved`), so a burst of host noise shifts every build alike instead of one row of the table.
 
 Precision boundaries. Where a layer's next layer (in execution order) takes another activation
 precision, the calls between the two kernels differ from both homogeneous builds: an int8 layer's
@@ -95,6 +97,45 @@ def act_class(candidate: str) -> int:
     return get_candidate(candidate).act_bits or 32
 
 
+class _CallProfiler:
+    """`call_times` in installments: an instrumented VM whose runs accumulate across `run` calls."""
+
+    def __init__(self, vm, args):
+        self.args = args
+        self.vm = vm
+        self.symbols: list[str] = []
+        self.times: list[float] = []
+        self.rows: list[list[float]] = []
+        self.reference: Optional[list[str]] = None
+        self.started = 0.0
+        vm.set_instrument(self._instrument)
+        vm["main"](*args)  # warm-up
+
+    def _instrument(self, func, symbol, before_run, ret_value, *call_args):
+        now = time.perf_counter()
+        if before_run:
+            self.symbols.append(str(symbol))
+            self.started = now
+        else:
+            self.times.append(now - self.started)
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    def run(self, runs: int) -> None:
+        for _ in range(runs):
+            self.symbols, self.times = [], []
+            self.vm["main"](*self.args)
+            if self.reference is None:
+                self.reference = list(self.symbols)
+            elif self.symbols != self.reference:
+                raise InModelError("the compiled model made different calls in two runs of the same input")
+            if len(self.times) != len(self.symbols):
+                raise InModelError(f"instrument saw {len(self.symbols)} calls start and {len(self.times)} end")
+            self.rows.append(list(self.times))
+
+    def result(self) -> tuple[list[str], np.ndarray]:
+        return self.reference or [], np.asarray(self.rows, dtype=np.float64)
+
+
 def call_times(vm_factory: Callable[[], object], args: Sequence, runs: int) -> tuple[list[str], np.ndarray]:
     """(symbols of the calls of one `main` run, seconds [runs, calls]) from an instrumented VM.
 
@@ -102,36 +143,9 @@ def call_times(vm_factory: Callable[[], object], args: Sequence, runs: int) -> t
     must make the same calls."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
-    vm = vm_factory()
-    symbols: list[str] = []
-    times: list[float] = []
-    started = [0.0]
-
-    def instrument(func, symbol, before_run, ret_value, *call_args):
-        now = time.perf_counter()
-        if before_run:
-            symbols.append(str(symbol))
-            started[0] = now
-        else:
-            times.append(now - started[0])
-        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
-
-    vm.set_instrument(instrument)
-    vm["main"](*args)  # warm-up
-    reference: Optional[list[str]] = None
-    rows = []
-    for _ in range(runs):
-        symbols.clear()
-        times.clear()
-        vm["main"](*args)
-        if reference is None:
-            reference = list(symbols)
-        elif symbols != reference:
-            raise InModelError("the compiled model made different calls in two runs of the same input")
-        if len(times) != len(symbols):
-            raise InModelError(f"instrument saw {len(symbols)} calls start and {len(times)} end")
-        rows.append(list(times))
-    return reference or [], np.asarray(rows, dtype=np.float64)
+    profiler = _CallProfiler(vm_factory(), args)
+    profiler.run(runs)
+    return profiler.result()
 
 
 def layer_segments(symbols: Sequence[str], seconds: np.ndarray, graph: LayerGraph) -> dict[str, tuple[np.ndarray, int]]:
@@ -209,23 +223,65 @@ def build_candidates(profile) -> list[str]:
     return sorted(seen, key=lambda c: c == "FP32")
 
 
-def _time_build(imported, plan, target, inputs, repeat: int, runs: int, log, label: str):
-    """(whole-model stats, segment ms, segment spread, calls, instrumented ms) of one plan's build."""
+@dataclass
+class _Timing:
+    """One build's interleaved measurement: whole-model stats and per-layer segments."""
+
+    whole: object  # build.LatencyStats
+    ms: dict
+    spread: dict
+    calls: int
+    instrumented_ms: float
+
+
+def _timed_builds(imported, plans: Mapping[str, object], target, inputs, *, runs: int, rounds: int, log
+                  ) -> tuple[dict[str, _Timing], dict[str, str]]:
+    """Compile every plan, then time all builds in interleaved rounds (`measure.interleaved`): each round
+    times every build whole (2 calls, uninstrumented) and call by call (its share of `runs` instrumented
+    runs), so host noise hits every build alike. Returns (timing per build, error per build that failed)."""
     import tvm
     from tvm import relax
 
-    from ..build import build
+    from ..build import LatencyStats, build
+    from .interleaved import interleave, vm_sampler
 
-    log(f"in-model: compiling {imported.name} at {label}")
-    compiled = build(imported, plan, target)
-    whole = compiled.benchmark(inputs, number=1, repeat=repeat)
+    compiled, failed = {}, {}
+    for label, plan in plans.items():
+        log(f"in-model: compiling {imported.name} at {label}")
+        try:
+            compiled[label] = build(imported, plan, target)
+        except Exception as err:  # one build that fails must not lose the others; it is reported
+            failed[label] = f"{type(err).__name__}: {err}"[:500]
+            log(f"in-model: {label} failed: {failed[label]}")
+    if not compiled:
+        return {}, failed
+    rounds = max(1, min(rounds, runs))
+    per_round = -(-runs // rounds)
     args = [tvm.runtime.tensor(a) for a in inputs]
-    symbols, seconds = call_times(lambda: relax.VirtualMachine(compiled.executable, tvm.cpu()), args, runs)
-    segments = layer_segments(symbols, seconds, imported.graph)
-    ms, spread = segment_ms(segments, whole.median_ms)
-    instrumented_ms = float(np.median(seconds.sum(axis=1))) * 1e3
-    log(f"in-model: {label} {whole.median_ms:.2f} ms (instrumented {instrumented_ms:.2f} ms, {len(symbols)} calls)")
-    return whole, ms, spread, len(symbols), instrumented_ms
+    profilers, samplers = {}, {}
+    for label, c in compiled.items():
+        profilers[label] = _CallProfiler(relax.VirtualMachine(c.executable, tvm.cpu()), args)
+        whole = vm_sampler(c, inputs, calls=2)
+        samplers[label] = (lambda w=whole, p=profilers[label]: (p.run(per_round), w())[1])
+    log(f"in-model: timing {len(compiled)} builds in {rounds} interleaved rounds")
+    try:
+        seconds = interleave(samplers, rounds)
+    except InModelError as err:
+        return {}, {**failed, **{label: str(err) for label in compiled}}
+    out = {}
+    for label, prof in profilers.items():
+        whole = LatencyStats.from_seconds(seconds[label], 1)
+        symbols, calls = prof.result()
+        try:
+            segments = layer_segments(symbols, calls, imported.graph)
+        except InModelError as err:
+            failed[label] = str(err)
+            continue
+        ms, spread = segment_ms(segments, whole.median_ms)
+        instrumented_ms = float(np.median(calls.sum(axis=1))) * 1e3
+        log(f"in-model: {label} {whole.median_ms:.2f} ms (instrumented {instrumented_ms:.2f} ms, {len(symbols)} calls)")
+        out[label] = _Timing(whole, ms, spread, len(symbols), instrumented_ms)
+    return out, failed
 
 
 def _check_local(profile):
@@ -237,13 +293,24 @@ def _check_local(profile):
 
 
 def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] = None, runs: int = 20,
-                     repeat: Optional[int] = None, device: str = "local",
+                     rounds: int = 10, device: str = "local",
                      store=None, log: Callable[[str], None] = lambda m: None) -> InModelProfile:
-    """Compile `imported` once per candidate, time it whole and call by call, and return (and `store`,
-    committing each build as it completes) every layer's segment at that build's candidate.
+    """Compile `imported` once per candidate, time the builds whole and call by call in `rounds`
+    interleaved rounds, and return (and `store`) every layer's segment at that build's candidate.
 
     A layer's segment is stored only for the candidate it has in the build (a group or an op without the
     candidate falls back, see `plan.homogeneous_plan`)."""
+    homogeneous, _ = measure_model(imported, profile, candidates=candidates or build_candidates(profile), pairs=[],
+                                   runs=runs, rounds=rounds, device=device, store=store, log=log)
+    return homogeneous
+
+
+def measure_model(imported, profile, *, candidates: Sequence[str], pairs: Optional[Sequence[tuple[str, str]]] = None,
+                  skip_boundaries: Sequence[str] = (), runs: int = 20, rounds: int = 10, device: str = "local",
+                  store=None, log: Callable[[str], None] = lambda m: None) -> tuple[InModelProfile, InModelProfile]:
+    """The homogeneous builds of `candidates` and the boundary builds of `pairs` (None: `boundary_pairs`;
+    `skip_boundaries`: build names already measured), compiled first and then timed together in
+    interleaved rounds; returns (homogeneous, boundaries) and stores both."""
     from ..kernels import kernels_id
     from ..plan import homogeneous_plan, resolve
 
@@ -251,36 +318,47 @@ def measure_in_model(imported, profile, *, candidates: Optional[Sequence[str]] =
     graph = imported.graph
     target = _check_local(profile)
     kernels = kernels_id(target)
-    result = InModelProfile(model_fingerprint(graph))
+    homogeneous, boundaries = InModelProfile(model_fingerprint(graph)), InModelProfile(model_fingerprint(graph))
     inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
-    repeat = repeat or max(profile.measure.repeat, 10)
-    for cand in candidates or build_candidates(profile):
+    plans = {}
+    for cand in candidates:
         try:
-            plan = resolve(homogeneous_plan(graph, profile, cand, synthetic_ranges(graph), model=imported.name),
-                           graph, profile)
-            whole, ms, spread, calls, instrumented_ms = _time_build(imported, plan, target, inputs, repeat, runs,
-                                                                    log, cand)
-        except Exception as err:  # one build that fails must not lose the others; it is reported
-            result.failed[cand] = f"{type(err).__name__}: {err}"[:500]
-            log(f"in-model: {cand} failed: {result.failed[cand]}")
-            continue
-        own = dict(plan.layers)
-        result.model_ms[cand] = whole.median_ms
-        result.segments_ms[cand] = {n: v for n, v in ms.items() if own[n] == cand}
-        result.plans[cand] = own
-        if store is not None:
-            meta = {"kernels": kernels, "model": imported.name, "runs": runs, "calls": calls,
-                    "instrumented_ms": instrumented_ms}
-            rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None), cand,
-                                whole.median_ms, whole.min_ms, whole.max_ms, whole.iqr_ms / 1.349, whole.repeats,
-                                whole.number, meta={**meta, "part": "whole"})]
-            for n, v in result.segments_ms[cand].items():
-                rows.append(Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, n), cand,
-                                        v, v, v, spread[n], runs, 1,
-                                        meta={**meta, "part": "segment", "share": v / whole.median_ms}))
-            store.put_many(rows)
-    result.seconds = time.perf_counter() - start
-    return result
+            plans[cand] = resolve(homogeneous_plan(graph, profile, cand, synthetic_ranges(graph), model=imported.name),
+                                  graph, profile)
+        except Exception as err:  # reported; the other builds go on
+            homogeneous.failed[cand] = f"{type(err).__name__}: {err}"[:500]
+    edges_of = {}
+    for label, (plan, edges) in _boundary_plans(imported, profile, pairs, skip_boundaries, boundaries, log).items():
+        plans[label], edges_of[label] = plan, edges
+    timings, failed = _timed_builds(imported, plans, target, inputs, runs=runs, rounds=rounds, log=log)
+    meta = {"kernels": kernels, "model": imported.name, "runs": runs}
+    for label, err in failed.items():
+        (boundaries if label in edges_of else homogeneous).failed[label] = err
+    for label, t in timings.items():
+        if label in edges_of:
+            _keep_boundary(boundaries, label, plans[label], edges_of[label], t, profile, device, meta, store)
+        else:
+            _keep_homogeneous(homogeneous, label, plans[label], t, profile, device, meta, store)
+    homogeneous.seconds = boundaries.seconds = time.perf_counter() - start
+    return homogeneous, boundaries
+
+
+def _keep_homogeneous(result: InModelProfile, cand: str, plan, t: _Timing, profile, device: str, meta: dict,
+                      store) -> None:
+    own = dict(plan.layers)
+    result.model_ms[cand] = t.whole.median_ms
+    result.segments_ms[cand] = {n: v for n, v in t.ms.items() if own[n] == cand}
+    result.plans[cand] = own
+    if store is None:
+        return
+    w, runs = t.whole, meta["runs"]
+    meta = {**meta, "calls": t.calls, "instrumented_ms": t.instrumented_ms}
+    rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None), cand, w.median_ms,
+                        w.min_ms, w.max_ms, w.iqr_ms / 1.349, w.repeats, w.number, meta={**meta, "part": "whole"})]
+    for n, v in result.segments_ms[cand].items():
+        rows.append(Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, n), cand, v, v, v,
+                                t.spread[n], runs, 1, meta={**meta, "part": "segment", "share": v / w.median_ms}))
+    store.put_many(rows)
 
 
 def boundary_pairs(profile) -> list[tuple[str, str]]:
@@ -316,22 +394,23 @@ def boundary_build_name(a: str, b: str, phase: int) -> str:
 
 
 def measure_boundaries(imported, profile, *, pairs: Optional[Sequence[tuple[str, str]]] = None, runs: int = 20,
-                       repeat: Optional[int] = None, device: str = "local", store=None,
+                       rounds: int = 10, device: str = "local", store=None,
                        skip: Sequence[str] = (), log: Callable[[str], None] = lambda m: None) -> InModelProfile:
     """Compile the two alternating plans of each pair (default `boundary_pairs`), and return (and store)
     the segment of every layer whose next layer runs at another activation precision, keyed by that next
     candidate. `skip`: build names (`boundary_build_name`) already measured."""
-    from ..kernels import kernels_id
+    _, boundaries = measure_model(imported, profile, candidates=[], pairs=pairs, skip_boundaries=skip, runs=runs,
+                                  rounds=rounds, device=device, store=store, log=log)
+    return boundaries
+
+
+def _boundary_plans(imported, profile, pairs, skip, result: InModelProfile, log) -> dict:
+    """build name → (plan, [(layer, its candidate, next layer's candidate)] at each precision change)."""
     from ..plan import resolve
 
-    start = time.perf_counter()
     graph = imported.graph
-    target = _check_local(profile)
-    kernels = kernels_id(target)
     names = list(graph.layers)
-    result = InModelProfile(model_fingerprint(graph))
-    inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
-    repeat = repeat or max(profile.measure.repeat, 10)
+    out = {}
     for a, b in (boundary_pairs(profile) if pairs is None else pairs):
         for phase in (0, 1):
             label = boundary_build_name(a, b, phase)
@@ -340,31 +419,33 @@ def measure_boundaries(imported, profile, *, pairs: Optional[Sequence[tuple[str,
             try:
                 plan = resolve(alternating_plan(graph, profile, a, b, phase, synthetic_ranges(graph),
                                                 model=imported.name), graph, profile)
-                edges = [(n, plan.layers[n], plan.layers[m]) for n, m in zip(names, names[1:])
-                         if act_class(plan.layers[n]) != act_class(plan.layers[m])]
-                if not edges:
-                    log(f"in-model: {label} has no precision boundary (groups or fallbacks): skipped")
-                    continue
-                whole, ms, spread, calls, instrumented_ms = _time_build(imported, plan, target, inputs, repeat,
-                                                                        runs, log, label)
             except Exception as err:  # reported; the other builds go on
                 result.failed[label] = f"{type(err).__name__}: {err}"[:500]
-                log(f"in-model: {label} failed: {result.failed[label]}")
                 continue
-            result.model_ms[label] = whole.median_ms
-            result.segments_ms[label] = {n: ms[n] for n, _, _ in edges}
-            result.plans[label] = dict(plan.layers)
-            if store is not None:
-                meta = {"kernels": kernels, "model": imported.name, "runs": runs, "calls": calls,
-                        "instrumented_ms": instrumented_ms, "build": label}
-                rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None, build=label),
-                                    a, whole.median_ms, whole.min_ms, whole.max_ms, whole.iqr_ms / 1.349,
-                                    whole.repeats, whole.number, meta={**meta, "part": "whole"})]
-                for n, cand, nxt in edges:
-                    rows.append(Measurement(profile.name, device, IN_MODEL,
-                                            segment_key(result.fingerprint, n, next_candidate=nxt), cand,
-                                            ms[n], ms[n], ms[n], spread[n], runs, 1,
-                                            meta={**meta, "part": "boundary segment"}))
-                store.put_many(rows)
-    result.seconds = time.perf_counter() - start
-    return result
+            edges = [(n, plan.layers[n], plan.layers[m]) for n, m in zip(names, names[1:])
+                     if act_class(plan.layers[n]) != act_class(plan.layers[m])]
+            if not edges:
+                log(f"in-model: {label} has no precision boundary (groups or fallbacks): skipped")
+                continue
+            out[label] = (plan, edges)
+    return out
+
+
+def _keep_boundary(result: InModelProfile, label: str, plan, edges, t: _Timing, profile, device: str, meta: dict,
+                   store) -> None:
+    result.model_ms[label] = t.whole.median_ms
+    result.segments_ms[label] = {n: t.ms[n] for n, _, _ in edges}
+    result.plans[label] = dict(plan.layers)
+    if store is None:
+        return
+    w, runs = t.whole, meta["runs"]
+    first = label.split("|")[0]
+    meta = {**meta, "calls": t.calls, "instrumented_ms": t.instrumented_ms, "build": label}
+    rows = [Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, None, build=label), first,
+                        w.median_ms, w.min_ms, w.max_ms, w.iqr_ms / 1.349, w.repeats, w.number,
+                        meta={**meta, "part": "whole"})]
+    for n, cand, nxt in edges:
+        rows.append(Measurement(profile.name, device, IN_MODEL, segment_key(result.fingerprint, n, next_candidate=nxt),
+                                cand, t.ms[n], t.ms[n], t.ms[n], t.spread[n], runs, 1,
+                                meta={**meta, "part": "boundary segment"}))
+    store.put_many(rows)

@@ -277,7 +277,7 @@ def _profile_in_model(spec, profile, store: MeasurementStore, device: str, log) 
     the boundary builds (alternating precisions) not stored yet."""
     from ..frontend import import_model
     from ..kernels import kernels_id
-    from .in_model import (IN_MODEL, build_candidates, measure_boundaries, measure_in_model, model_fingerprint,
+    from .in_model import (IN_MODEL, build_candidates, measure_model, model_fingerprint,
                            parse_segment_key)
 
     imported = import_model(spec.module, spec.example_inputs, name=spec.name,
@@ -291,11 +291,12 @@ def _profile_in_model(spec, profile, store: MeasurementStore, device: str, log) 
             continue
         (done_boundaries.add(key.build) if key.build else done.add(m.candidate))
     todo = [c for c in build_candidates(profile) if c not in done]
-    result = measure_in_model(imported, profile, candidates=todo, device=device, store=store, log=log) if todo else None
-    edges = measure_boundaries(imported, profile, device=device, store=store, skip=sorted(done_boundaries), log=log)
+    # homogeneous and boundary builds timed in one interleaved session: their differences are corrections
+    result, edges = measure_model(imported, profile, candidates=todo, skip_boundaries=sorted(done_boundaries),
+                                  device=device, store=store, log=log)
     return {"already_stored": sorted(done | done_boundaries),
-            "measured": sorted(result.model_ms) if result else [],
+            "measured": sorted(result.model_ms),
             "boundary_builds": sorted(edges.model_ms),
-            "model_ms": {**(result.model_ms if result else {}), **edges.model_ms},
-            "failed": {**(result.failed if result else {}), **edges.failed},
-            "seconds": (result.seconds if result else 0.0) + edges.seconds}
+            "model_ms": {**result.model_ms, **edges.model_ms},
+            "failed": {**result.failed, **edges.failed},
+            "seconds": result.seconds}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -50,9 +50,17 @@ class SearchConfig:
     max_score_drop: Optional[float] = None  # phase 3 with a task metric: allowed drop from the baseline's score
     latency_budget_ms: Optional[float] = None  # phase 3 dual: best quality within this latency
     selection: str = "binary"  # binary | interpolation | brute
+    measure_points: int = 4  # phase 3: points compiled and timed on the device for the final choice (0: none)
+    measure_rounds: int = 15  # interleaved timing rounds of those points
 
     def to_dict(self) -> dict:
         return {"version": SEARCH_VERSION, **asdict(self)}
+
+    def phase1_dict(self) -> dict:
+        """The settings phase 1 depends on (its cache key): a new target or selection reuses its scores."""
+        return {"version": SEARCH_VERSION, "calib_samples": self.calib_samples,
+                "sensitivity_samples": self.sensitivity_samples, "range_method": self.range_method,
+                "baseline": self.baseline}
 
 
 @dataclass
@@ -70,6 +78,7 @@ class SearchResult:
     analysis: dict = field(default_factory=dict)  # front orders compared, greedy vs exact, predicted vs evaluated
     baseline_quality_db: float = float("inf")  # held-out SQNR of the baseline (inf when it is float)
     metric: Optional[dict] = None  # the task metric phase 3 selected by (None: output SQNR)
+    measured: Optional[dict] = None  # the final choice on measured latency (`measured.MeasuredChoice.to_dict`)
 
 
 def group_candidates(graph, profile, baseline: str) -> dict[str, tuple[str, ...]]:
@@ -283,7 +292,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
 
     candidates = group_candidates(graph, profile, config.baseline)
     key = _digest(spec.name, [imported.parameter(l.weight) for l in graph.layers.values() if l.weight],
-                  [np.asarray(a) for s in scored for a in s], profile.to_dict(), config.to_dict(),
+                  [np.asarray(a) for s in scored for a in s], profile.to_dict(), config.phase1_dict(),
                   [np.asarray(a) for s in calib for a in s][:1], len(calib))
     cache_path = (cache_dir or default_cache_dir()) / f"{spec.name}-{key}.json"
     t = time.perf_counter()
@@ -357,13 +366,76 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
                                      "cost": cost.config_cost(bops_pick.point.config),
                                      key: evaluate(bops_pick.point.config), "met": bops_pick.met}
     timings["phase3_s"] = time.perf_counter() - t
+
+    measured = None
+    if selection is not None:
+        t = time.perf_counter()
+        measured = _measured_choice(config, imported, profile, front, curve, selection, references, key,
+                                    target, notes, log)
+        timings["measure_s"] = time.perf_counter() - t
+        if measured is not None and measured.chosen.label != "selected":
+            selection = replace(selection, point=measured.chosen.point,
+                                message=f"{selection.message}; {measured.message}")
+            plan = config_to_plan(measured.chosen.point.config, graph, stats, config.range_method, profile, spec.name)
     analysis = _analysis(sens, cost, front, curve, config.order) if task is None else _analysis(
         sens, cost, front, [], config.order)  # predicted SQNR and a task score are not comparable
     timings["total_s"] = time.perf_counter() - t0
     return SearchResult(plan, curve, selection, sens, cost, {g.name: list(g.layers) for g in graph.groups},
                         timings, notes, latency_table=table, reference_points=references,
                         baseline_quality_db=baseline_quality if task is None else float("nan"), analysis=analysis,
-                        metric=None if task is None else {**task.to_dict(), "baseline_score": baseline_quality})
+                        metric=None if task is None else {**task.to_dict(), "baseline_score": baseline_quality},
+                        measured=None if measured is None else measured.to_dict())
+
+
+def _measured_choice(config, imported, profile, front, curve, selection, references, key, target, notes, log):
+    """Compile and time a few qualifying points side by side and keep the fastest (`search.measured`);
+    None (with a note) where nothing is measured: BOPs cost, no point meeting the target, a device this
+    machine cannot run."""
+    from ..measure.in_model import synthetic_ranges
+    from ..measure.interleaved import compile_and_time, local_target
+    from .measured import Candidate, candidates_for_budget, candidates_for_target, pick_fastest, pick_within_budget
+    from .tables import ParetoPoint
+
+    if config.measure_points <= 0 or config.cost != "latency":
+        return None
+    if not selection.met:
+        notes.append("the final choice is not measured: no point meets the target")
+        return None
+    device_target, why = local_target(profile)
+    if device_target is None:
+        notes.append(f"the final choice is on predicted latency, not measured: {why}")
+        return None
+    index = {tuple(sorted(p.config.items())): i for i, p in enumerate(front)}
+    chosen = Candidate("selected", selection.point, selection.point.evaluated_sqnr_db)
+    pool = [Candidate(config.baseline, front[0], references[config.baseline][key])]
+    for name, ref in references.items():
+        if name in ("W8A8", "W4A8") and np.isfinite(ref[key]):
+            pool.append(Candidate(name, ParetoPoint(ref["config"], ref["cost"], float("nan"), 0, ref[key]), ref[key]))
+    evaluated = {tuple(sorted(p.config.items())): p for p in (*curve, *selection.evaluated)
+                 if p.evaluated_sqnr_db is not None}
+    front_pool = sorted(evaluated.values(), key=lambda p: p.cost)
+    pool += [Candidate(f"front[{index.get(tuple(sorted(p.config.items())), '?')}]", p, p.evaluated_sqnr_db)
+             for p in front_pool]
+    if target is not None:
+        candidates = candidates_for_target(chosen, pool, target, config.measure_points)
+    else:
+        candidates = candidates_for_budget(chosen, pool, config.measure_points)
+    graph = imported.graph  # latency does not depend on the ranges: timing builds take synthetic ones
+    plans = {c.label: resolve(Plan({n: c.point.config[g.name] for g in graph.groups for n in g.layers},
+                                   synthetic_ranges(graph), imported.name, profile.name), graph, profile)
+             for c in candidates}
+    log(f"phase 3: compiling and timing {len(plans)} points side by side: {', '.join(plans)}")
+    stats, failed, _ = compile_and_time(imported, plans, device_target, rounds=config.measure_rounds, log=log)
+    for label, err in failed.items():
+        notes.append(f"measuring {label} failed: {err}")
+    measured_ms = {label: s.median_ms for label, s in stats.items()}
+    if target is not None:
+        choice = pick_fastest(candidates, measured_ms, target)
+    else:
+        choice = pick_within_budget(candidates, measured_ms, config.latency_budget_ms)
+    notes.append(choice.message)
+    log(f"phase 3: {choice.message}")
+    return choice
 
 
 def _analysis(sens, cost, front, curve, order: str) -> dict:
