@@ -96,6 +96,28 @@ def test_gemm_float32_matches_numpy():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,nb,zp,conv", [
+    ((2, 7, 37), 16, 3, False),      # odd K (last pair half zero), padded columns, batch 2
+    ((2, 3, 6, 40), 24, 255, False),  # two lead dims flattened into the batch
+    ((1, 9, 5, 7), 16, 128, True),    # 1x1-conv input: columns are H*W
+])
+def test_pack_pairs_matches_the_te_packing(shape, nb, zp, conv):
+    """The hand-vectorized pair packing equals `pack_panels` / `pack_conv_panels` (NumPy layout reference)."""
+    rng = np.random.default_rng(len(shape) + nb)
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    x3 = x.reshape(shape[0], shape[1], -1) if conv else x.reshape(-1, shape[-2], shape[-1])
+    b, kk, n = x3.shape
+    npan, k2 = -(-n // nb), -(-kk // 2)
+    full = np.zeros((b, npan * nb, k2 * 2), np.int16)
+    full[:, :n, :kk] = (x3.astype(np.int16) - zp).transpose(0, 2, 1)
+    ref = full.reshape(b, npan, nb, k2, 2).transpose(0, 1, 3, 2, 4)
+    got = _run(k.pack_pairs_func(shape, nb, conv_input=conv), x, np.array([zp], np.int16), out_shape=ref.shape,
+               out_dtype="int16")
+    np.testing.assert_array_equal(got, ref)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        k.pack_pairs_func(shape, 12)
+
+
 @pytest.mark.parametrize("c,h,w,ks,stride,pad,zp", [
     (3, 9, 11, 3, 1, (1, 1, 1, 1), 7),
     (5, 12, 13, 3, 2, (0, 0, 1, 1), 128),   # TF-style asymmetric padding, odd width

@@ -258,7 +258,7 @@ def _cmd_search(args) -> int:
               f"max |error| {add['max_abs_error_db']:.1f} dB over {add['points']} points")
     t = result.timings
     print(f"time: calibration {t['calibrate_s']:.1f} s, phase 1 {t['phase1_s']:.1f} s, phase 2 {t['phase2_s']:.1f} s, "
-          f"phase 3 {t['phase3_s']:.1f} s")
+          f"phase 3 {t['phase3_s']:.1f} s" + (f", measured choice {t['measure_s']:.1f} s" if "measure_s" in t else ""))
     for note in result.notes:
         print(f"note: {note}")
     print(f"wrote {paths['plan']}, {paths['report']}, {paths['front_plot']}, {paths['sensitivity_plot']}")

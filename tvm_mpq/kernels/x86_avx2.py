@@ -36,7 +36,7 @@ from tvm.script import tirx as T
 
 __all__ = [
     "GemmTiling", "choose_tiling", "gemm_func", "pack_rows", "pack_panels", "pack_conv_panels",
-    "pack_weight_rows", "pack_weight_panels", "MAX_EXACT_K",
+    "pack_weight_rows", "pack_weight_panels", "pack_pairs_func", "MAX_EXACT_K",
 ]
 
 VEC = 8  # int32 / float32 lanes in a 256-bit register
@@ -303,6 +303,58 @@ def pack_conv_panels(x: te.Tensor, zero_point: int, nr: int, *, kernel, strides,
         return te.compute((n_, npan, _ceil(k, 2), nb, 2),
                           lambda b, p, q, j, t: val(b, 2 * q + t, p * nb + j), name="pack_conv_panels_i16")
     return te.compute((n_, npan, k, nb), lambda b, p, r, j: val(b, r, p * nb + j), name="pack_conv_panels_f32")
+
+
+def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: bool = False):
+    """PrimFunc ``main(X, ZP, Y)``: the int16 B panels ([B, NP, K2, NB, 2] of x - zp, as `pack_panels`) of a
+    uint8 tensor X whose last two axes are [K, N] — or of a 1x1-conv input [N, C, H, W] read as [N, C, H*W] —
+    hand-vectorized (`conv_input`); ZP: the zero point, int16 [1] (a runtime operand: layers of one shape share the function).
+
+    Written as a TE compute, the interleave of two rows into int16 pairs (and the requantize FuseOps fuses
+    in front of it) compiles to scalar code; here each 8 columns of rows 2q and 2q+1 are two vector loads,
+    a widening, a zero-point subtract and one interleaving shuffle. Marked opaque (``op_pattern`` 8) so
+    that FuseOps leaves the producer (requantize) to its own vectorized elementwise function."""
+    if src_dtype != "uint8":
+        raise ValueError(f"pack_pairs_func packs uint8 activations, got {src_dtype}")
+    if nb % VEC:
+        raise ValueError(f"panel width {nb} is not a multiple of {VEC}")
+    shape = tuple(int(v) for v in shape)
+    if conv_input:  # [N, C, H, W]: K = C, columns = H*W
+        if len(shape) != 4:
+            raise ValueError(f"a conv input is [N, C, H, W], got {shape}")
+        batch, k, n = shape[0], shape[1], shape[2] * shape[3]
+    else:
+        batch, k, n = int(np.prod(shape[:-2])) if len(shape) > 2 else 1, shape[-2], shape[-1]
+    k2, npan = _ceil(k, 2), _ceil(n, nb)
+    lanes = [v for i in range(VEC) for v in (i, i + VEC)]  # (row 2q, row 2q+1) interleaved
+
+    @T.prim_func
+    def main(X_nd: T.Buffer(shape, src_dtype), ZP: T.Buffer((1,), "int16"),
+             Y_nd: T.Buffer((batch, npan, k2, nb, 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8})
+        X = T.decl_buffer((batch * k * n,), src_dtype, data=X_nd.data)
+        Y = T.decl_buffer((batch * npan * k2 * nb * 2,), "int16", data=Y_nd.data)
+        for task in T.parallel(batch * npan):
+            b = task // npan
+            p = task % npan
+            for q in range(k2):
+                for jb in range(nb // VEC):
+                    c0 = p * nb + jb * VEC
+                    base = ((task * k2 + q) * nb + jb * VEC) * 2
+                    if c0 + VEC <= n and 2 * q + 1 < k:
+                        Y[T.ramp(base, 1, 2 * VEC)] = T.Shuffle(
+                            [T.Cast("int16x8", X[T.ramp((b * k + 2 * q) * n + c0, 1, VEC)]) - T.Broadcast(ZP[0], VEC),
+                             T.Cast("int16x8", X[T.ramp((b * k + 2 * q + 1) * n + c0, 1, VEC)])
+                             - T.Broadcast(ZP[0], VEC)], lanes)
+                    else:  # edge: padded columns or an odd last row are 0
+                        for j in range(VEC):
+                            for t in range(2):
+                                if c0 + j < n and 2 * q + t < k:
+                                    Y[base + 2 * j + t] = T.Cast("int16", X[(b * k + 2 * q + t) * n + c0 + j]) - ZP[0]
+                                else:
+                                    Y[base + 2 * j + t] = T.int16(0)
+
+    return main
 
 
 # ----------------------------------------------------------------------- packing (NumPy, compile time)

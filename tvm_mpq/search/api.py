@@ -407,7 +407,8 @@ def _measured_choice(config, imported, profile, front, curve, selection, referen
         return None
     index = {tuple(sorted(p.config.items())): i for i, p in enumerate(front)}
     chosen = Candidate("selected", selection.point, selection.point.evaluated_sqnr_db)
-    pool = [Candidate(config.baseline, front[0], references[config.baseline][key])]
+    base_quality = references[config.baseline][key]
+    pool = [Candidate(config.baseline, replace(front[0], evaluated_sqnr_db=base_quality), base_quality)]
     for name, ref in references.items():
         if name in ("W8A8", "W4A8") and np.isfinite(ref[key]):
             pool.append(Candidate(name, ParetoPoint(ref["config"], ref["cost"], float("nan"), 0, ref[key]), ref[key]))

@@ -42,6 +42,60 @@ def _call(bb, func, name: str, args, shape, dtype, tag: str = ""):
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
+PAIRS_MAX_COLUMNS = 256  # up to this many columns the hand-vectorized pair packing beats the TE one (see below)
+
+
+def _pack_panels(bb, x, zero_point: int, tiling, dtype: str, conv_input: bool = False):
+    """B panels of a runtime operand x [..., K, N] (or a 1x1-conv input [N, C, H, W], columns H*W).
+
+    uint8 → int16 pairs: FuseOps would fuse the requantize in front into the packing, and that fused
+    function compiles to scalar code (the two-row interleave defeats the vectorizer: 3-5x slower than the
+    two passes apart). So the packing is opaque to fusion: the requantize stays its own vectorized
+    elementwise pass, and the packing reads uint8 — as a TE compute, which LLVM vectorizes well on wide
+    feature maps, or, up to `PAIRS_MAX_COLUMNS` columns, as the hand-vectorized `pack_pairs_func` (2-3x
+    faster there: the TE loop nest is short). float32 panels are contiguous rows and fuse as they are."""
+    from tvm import te
+
+    shape = [int(v) for v in x.ty.shape]
+    if dtype != "int16" or x.ty.dtype != "uint8":
+        if conv_input:
+            return bb.emit_te(k.pack_conv_panels, x, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1),
+                              padding=(0, 0, 0, 0), dilation=(1, 1), dtype=dtype)
+        return bb.emit_te(k.pack_panels, x, zero_point, tiling.nr, dtype=dtype)
+    if conv_input:
+        batch, kk, cols = shape[0], shape[1], shape[2] * shape[3]
+    else:
+        batch, kk, cols = (int(np.prod(shape[:-2])) if len(shape) > 2 else 1), shape[-2], shape[-1]
+    out = (batch, k._ceil(cols, tiling.nb), k._ceil(kk, 2), tiling.nb, 2)
+    if cols <= PAIRS_MAX_COLUMNS:
+        zp = relax.const(np.array([zero_point], np.int16))
+        return _call(bb, k.pack_pairs_func(shape, tiling.nb, conv_input=conv_input), "avx2_pack_pairs", [x, zp],
+                     out, "int16")
+    if conv_input:
+        return _unfused_te(bb, lambda t: k.pack_conv_panels(t, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1),
+                                                            padding=(0, 0, 0, 0), dilation=(1, 1)), x, "pack_pairs")
+    return _unfused_te(bb, lambda t: k.pack_panels(t, zero_point, tiling.nr), x, "pack_pairs")
+
+
+def _unfused_te(bb, compute, x, name: str):
+    """`compute(x)` (a TE packing of the uint8 tensor x) as a function FuseOps fuses nothing into
+    (``op_pattern`` kOpaque): see `_pack_panels` for why the requantize must stay apart."""
+    from tvm import te
+
+    src = te.placeholder([int(v) for v in x.ty.shape], x.ty.dtype, name="x")
+    out = compute(src)
+    func = te.create_prim_func([src, out]).with_attr("op_pattern", 8)
+    return _call(bb, func, name, [x], [int(v) for v in out.shape], out.dtype)
+
+
+def _pack_rows(bb, x, zero_point: int, tiling, dtype: str):
+    """A rows of a runtime operand x [..., M, K]; uint8 → int16 pairs unfused from the requantize (as
+    `_pack_panels`: the pair interleave of a fused function compiles to scalar code)."""
+    if dtype == "int16" and x.ty.dtype == "uint8":
+        return _unfused_te(bb, lambda t: k.pack_rows(t, zero_point, tiling.mr, dtype=dtype), x, "pack_rows_u8")
+    return bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
+
+
 def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = ""):
     """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
     constant weight [O, C/g, KH, KW] (integer values, or float32) → accumulator [N, O, OH, OW]."""
@@ -60,15 +114,18 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
         g = k.direct_conv_geometry(wl.input_shape, wl.weight_shape, wl.strides, wl.padding, wl.dilation)
         tiling = k.choose_row_tiling(g)
         a = relax.const(k.pack_direct_conv_weight(weight, tiling.mr, dtype))
-        xp = bb.emit_te(lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
-                        primfunc_name_hint="pack_conv_input")
+        if dtype == "int16" and x.ty.dtype == "uint8":  # unfused from the requantize, as `_pack_panels`
+            xp = _unfused_te(bb, lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
+                             "pack_conv_input_u8")
+        else:
+            xp = bb.emit_te(lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
+                            primfunc_name_hint="pack_conv_input")
         return _call(bb, k.direct_conv_func(g, tiling, dtype), "avx2_direct_conv", [a, xp], (n, o, oh, ow),
                      out_dtype, tag)
     cols = oh * ow  # pointwise: a GEMM over the flattened pixels
     tiling = k.choose_tiling(n, o, cols)
     a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
-    b = bb.emit_te(k.pack_conv_panels, x, zero_point, tiling.nr, kernel=(kh, kw), strides=wl.strides,
-                   padding=wl.padding, dilation=wl.dilation, dtype=dtype)
+    b = _pack_panels(bb, x, zero_point, tiling, dtype, conv_input=True)
     func = k.gemm_func(n, o, cols, cg * kh * kw, tiling, dtype=dtype, a_batched=False, b_batched=True,
                        out_shape=(n, o, oh, ow))
     return _call(bb, func, "avx2_gemm", [a, b], (n, o, oh, ow), out_dtype, tag)
@@ -80,7 +137,7 @@ def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16
     nn = int(weight.shape[0])
     out_dtype = "int32" if dtype == "int16" else "float32"
     tiling = k.choose_tiling(1, m, nn)
-    a = bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
+    a = _pack_rows(bb, x, zero_point, tiling, dtype)
     b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype))
     func = k.gemm_func(1, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=False, out_shape=(m, nn))
     return _call(bb, func, "avx2_gemm", [a, b], (m, nn), out_dtype, tag)
@@ -96,8 +153,8 @@ def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str
     batch = int(np.prod(lead)) if lead else 1
     out_dtype = "int32" if dtype == "int16" else "float32"
     tiling = k.choose_tiling(batch, m, nn)
-    pa = bb.emit_te(k.pack_rows, a, a_zero_point, tiling.mr, dtype=dtype)
-    pb = bb.emit_te(k.pack_panels, b, b_zero_point, tiling.nr, dtype=dtype)
+    pa = _pack_rows(bb, a, a_zero_point, tiling, dtype)
+    pb = _pack_panels(bb, b, b_zero_point, tiling, dtype)
     func = k.gemm_func(batch, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=True,
                        out_shape=(*lead, m, nn))
     return _call(bb, func, "avx2_gemm", [pa, pb], (*lead, m, nn), out_dtype, tag)
