@@ -8,6 +8,8 @@
 3. `benchmarks/kernels.py`: every layer workload, TVM FP32/W8A8/W4A8 vs ONNX Runtime fp32/int8 → kernels.json.
 4. `benchmarks/workflow_cost.py`: profiling and search time and peak memory, and how they grow with model depth
    and calibration size → workflow_cost.json / workflow_cost.png.
+5. `benchmarks/epilogues.py`: what the int8 operand packing and softmax schedules are worth (each model built
+   with and without them, timed side by side) → epilogues.json.
 
     python benchmarks/run_all.py [--fast] [--models efficientnet_lite0,minilm_l6,small_cnn] [--search]
 
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import end_to_end, kernels, workflow_cost  # noqa: E402
+from benchmarks import end_to_end, epilogues, kernels, workflow_cost  # noqa: E402
 from benchmarks.common import results_dir  # noqa: E402
 
 MIN_SQNR_DB = 30.0
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     print(f"[run_all] wrote {out / 'kernels.json'}", flush=True)
 
     workflow_cost.main(["--fast"] if args.fast else [])
+    epilogues.main(["--fast"] if args.fast else [])
     print(f"[run_all] done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

@@ -260,3 +260,34 @@ def test_workflow_cost_fit_and_bad_arguments():
         with pytest.raises(SystemExit) as err:
             workflow_cost.main(argv)
         assert err.value.code == 2
+
+
+def test_epilogues_ab_on_tiny_cnn():
+    """benchmarks/epilogues.py builds each plan with and without the packing / softmax changes: the integer
+    outputs are identical, both builds are timed, and the switches are restored afterwards."""
+    from benchmarks import epilogues
+    from tvm_mpq.kernels import cpu_schedule
+    from tvm_mpq.transform import x86_avx2_lowering as low
+
+    result = epilogues.run(["tiny_cnn"], ["W8A8"], rounds=2)
+    row = result["models"]["tiny_cnn"]["W8A8"]
+    assert row["max_abs_output_difference"] == 0.0
+    assert row["current"]["median_ms"] > 0 and row["previous"]["median_ms"] > 0
+    assert row["ratio_current_over_previous"] == row["current"]["median_ms"] / row["previous"]["median_ms"]
+    assert low.UNFUSED_PACKING and cpu_schedule.SPLIT_SOFTMAX
+
+
+def test_run_all_fast_writes_every_result():
+    """`python benchmarks/run_all.py --fast`, the one command behind every benchmark, at its smallest: each
+    step writes its JSON (and plots) under benchmarks/results/fast/ with the machine it ran on."""
+    from benchmarks import run_all
+    from benchmarks.common import results_dir
+
+    out = results_dir(fast=True)
+    for name in ("end_to_end.json", "kernels.json", "workflow_cost.json", "epilogues.json"):
+        (out / name).unlink(missing_ok=True)
+    assert run_all.main(["--fast"]) == 0
+    for name in ("end_to_end.json", "kernels.json", "workflow_cost.json", "epilogues.json"):
+        data = json.loads((out / name).read_text())
+        assert data["machine"]["date"] and data["machine"]["commit"], name
+    assert (out / "end_to_end.png").stat().st_size > 10_000

@@ -130,6 +130,9 @@ def _fast_gelu(bb, call):
                        * tirx.const(0.5, t.dtype)), x, primfunc_name_hint="gelu")
 
 
+SPLIT_SOFTMAX = True  # False: TOPI's softmax (benchmarks/epilogues.py compares the two)
+
+
 def _fast_softmax(bb, call):
     """Softmax as four passes — max, exp(x - max) with TVM's polynomial exp, sum, divide — each of which the
     CPU rules schedule (parallel rows, vector lanes). TOPI's softmax is one function of four stages that
@@ -160,8 +163,10 @@ def cpu_pipeline(target, fast_math: bool = True) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="TvmMpqCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            pre = [relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.gelu": _fast_gelu,
-                                                                        "relax.nn.softmax": _fast_softmax}),
+            legalize = {"relax.nn.gelu": _fast_gelu}
+            if SPLIT_SOFTMAX:
+                legalize["relax.nn.softmax"] = _fast_softmax
+            pre = [relax.transform.LegalizeOps(customize_legalize_map=legalize),
                    relax.transform.FastMathTransform()] if fast_math else []
             seq = tvm.transform.Sequential(
                 pre + p.library_dispatch_passes(target) + p.legalize_passes(target) + [cpu_schedule_pass()]

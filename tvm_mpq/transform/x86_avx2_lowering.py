@@ -67,7 +67,7 @@ def _pack_panels(bb, x, zero_point: int, tiling, dtype: str, conv_input: bool = 
     else:
         batch, kk, cols = (int(np.prod(shape[:-2])) if len(shape) > 2 else 1), shape[-2], shape[-1]
     out = (batch, k._ceil(cols, tiling.nb), k._ceil(kk, 2), tiling.nb, 2)
-    if cols <= PAIRS_MAX_COLUMNS:
+    if cols <= PAIRS_MAX_COLUMNS and UNFUSED_PACKING:
         zp = relax.const(np.array([zero_point], np.int16))
         return _call(bb, k.pack_pairs_func(shape, tiling.nb, conv_input=conv_input), "avx2_pack_pairs", [x, zp],
                      out, "int16")
@@ -77,10 +77,16 @@ def _pack_panels(bb, x, zero_point: int, tiling, dtype: str, conv_input: bool = 
     return _unfused_te(bb, lambda t: k.pack_panels(t, zero_point, tiling.nr), x, "pack_pairs")
 
 
+UNFUSED_PACKING = True  # False: the requantize fuses into the int16 packing (benchmarks/epilogues.py compares)
+
+
 def _unfused_te(bb, compute, x, name: str):
     """`compute(x)` (a TE packing of the uint8 tensor x) as a function FuseOps fuses nothing into
     (``op_pattern`` kOpaque): see `_pack_panels` for why the requantize must stay apart."""
     from tvm import te
+
+    if not UNFUSED_PACKING:
+        return bb.emit_te(compute, x, primfunc_name_hint=name)
 
     src = te.placeholder([int(v) for v in x.ty.shape], x.ty.dtype, name="x")
     out = compute(src)
