@@ -108,9 +108,6 @@ class CPUInjective(dl.ScheduleRule):
         if int(sch.get(fused).extent) > 1:
             sch.parallel(fused)
         if short_layout_change:
-            import os
-            if os.environ.get("MPQ_UNROLL"):
-                sch.unroll(loops[-1])
             return sch
         _vectorize_row(sch, sch.fuse(*loops[-keep:]) if keep > 1 else loops[-1], inner)
         return sch

@@ -305,6 +305,21 @@ def pack_conv_panels(x: te.Tensor, zero_point: int, nr: int, *, kernel, strides,
     return te.compute((n_, npan, k, nb), lambda b, p, r, j: val(b, r, p * nb + j), name="pack_conv_panels_f32")
 
 
+def _pairs_operand(shape, conv_input: bool) -> tuple[int, int, int]:
+    """(batch, K, N) of a packing source: [..., K, N], or a conv input [N, C, H, W] as [N, C, H*W]."""
+    if conv_input:
+        if len(shape) != 4:
+            raise ValueError(f"a conv input is [N, C, H, W], got {tuple(shape)}")
+        return shape[0], shape[1], shape[2] * shape[3]
+    return (int(np.prod(shape[:-2])) if len(shape) > 2 else 1), shape[-2], shape[-1]
+
+
+def pack_pairs_shape(shape, nb: int, *, conv_input: bool = False) -> tuple[int, ...]:
+    """Shape of the int16 B panels `pack_pairs_func` writes: [B, NP, K2, NB, 2]."""
+    batch, k, n = _pairs_operand(tuple(int(v) for v in shape), conv_input)
+    return (batch, _ceil(n, nb), _ceil(k, 2), nb, 2)
+
+
 def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: bool = False):
     """PrimFunc ``main(X, ZP, Y)``: the int16 B panels ([B, NP, K2, NB, 2] of x - zp, as `pack_panels`) of a
     uint8 tensor X whose last two axes are [K, N] — or of a 1x1-conv input [N, C, H, W] read as [N, C, H*W] —
@@ -319,13 +334,8 @@ def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: boo
     if nb % VEC:
         raise ValueError(f"panel width {nb} is not a multiple of {VEC}")
     shape = tuple(int(v) for v in shape)
-    if conv_input:  # [N, C, H, W]: K = C, columns = H*W
-        if len(shape) != 4:
-            raise ValueError(f"a conv input is [N, C, H, W], got {shape}")
-        batch, k, n = shape[0], shape[1], shape[2] * shape[3]
-    else:
-        batch, k, n = int(np.prod(shape[:-2])) if len(shape) > 2 else 1, shape[-2], shape[-1]
-    k2, npan = _ceil(k, 2), _ceil(n, nb)
+    batch, k, n = _pairs_operand(shape, conv_input)
+    _, npan, k2, _, _ = pack_pairs_shape(shape, nb, conv_input=conv_input)
     lanes = [v for i in range(VEC) for v in (i, i + VEC)]  # (row 2q, row 2q+1) interleaved
 
     @T.prim_func

@@ -242,17 +242,10 @@ def _timed_builds(imported, plans: Mapping[str, object], target, inputs, *, runs
     import tvm
     from tvm import relax
 
-    from ..build import LatencyStats, build
-    from .interleaved import interleave, vm_sampler
+    from ..build import LatencyStats
+    from .interleaved import compile_all, interleave, vm_sampler
 
-    compiled, failed = {}, {}
-    for label, plan in plans.items():
-        log(f"in-model: compiling {imported.name} at {label}")
-        try:
-            compiled[label] = build(imported, plan, target)
-        except Exception as err:  # one build that fails must not lose the others; it is reported
-            failed[label] = f"{type(err).__name__}: {err}"[:500]
-            log(f"in-model: {label} failed: {failed[label]}")
+    compiled, failed, _ = compile_all(imported, plans, target, log, what="in-model")
     if not compiled:
         return {}, failed
     rounds = max(1, min(rounds, runs))
@@ -285,10 +278,11 @@ def _timed_builds(imported, plans: Mapping[str, object], target, inputs, *, runs
 
 
 def _check_local(profile):
-    target = profile.tvm_target()
-    if target.kind.name != "llvm":
-        raise InModelError(f"in-model profiling runs the model on this machine; profile {profile.name} "
-                           f"targets {target.kind.name}")
+    from .interleaved import local_target
+
+    target, why = local_target(profile)
+    if target is None:
+        raise InModelError(f"in-model profiling runs the model on this machine: {why}")
     return target
 
 

@@ -47,13 +47,10 @@ def time_compiled(models: Mapping[str, object], inputs: Sequence, *, rounds: int
     return {name: LatencyStats.from_seconds(s, 1) for name, s in interleave(samplers, rounds).items()}
 
 
-def compile_and_time(imported, plans: Mapping[str, object], target, *, rounds: int = 15, calls: int = 2,
-                     log: Callable[[str], None] = lambda m: None
-                     ) -> tuple[dict[str, LatencyStats], dict[str, str], dict[str, float]]:
-    """Compile each resolved plan of `imported` for the local `target`, then time them all interleaved.
-
-    Returns (latency per plan, error per plan that failed to build, compile seconds per plan); a plan that
-    fails is reported and the others are still timed."""
+def compile_all(imported, plans: Mapping[str, object], target, log: Callable[[str], None] = lambda m: None,
+                what: str = "measure") -> tuple[dict, dict[str, str], dict[str, float]]:
+    """Compile each resolved plan of `imported` for `target`: (compiled model per plan, error per plan that
+    failed to build, compile seconds per plan). A plan that fails is reported; the others go on."""
     from ..build import build
 
     compiled, failed, seconds = {}, {}, {}
@@ -63,10 +60,19 @@ def compile_and_time(imported, plans: Mapping[str, object], target, *, rounds: i
             compiled[name] = build(imported, plan, target)
         except Exception as err:  # one failing build must not lose the others
             failed[name] = f"{type(err).__name__}: {err}"[:500]
-            log(f"measure: {name} failed to build: {failed[name]}")
+            log(f"{what}: {name} failed to build: {failed[name]}")
             continue
         seconds[name] = time.perf_counter() - t
-        log(f"measure: compiled {name} in {seconds[name]:.1f} s")
+        log(f"{what}: compiled {imported.name} at {name} in {seconds[name]:.1f} s")
+    return compiled, failed, seconds
+
+
+def compile_and_time(imported, plans: Mapping[str, object], target, *, rounds: int = 15, calls: int = 2,
+                     log: Callable[[str], None] = lambda m: None
+                     ) -> tuple[dict[str, LatencyStats], dict[str, str], dict[str, float]]:
+    """`compile_all`, then every build timed interleaved: (latency per plan, error per failed plan, compile
+    seconds per plan)."""
+    compiled, failed, seconds = compile_all(imported, plans, target, log)
     inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
     stats = time_compiled(compiled, inputs, rounds=rounds, calls=calls) if compiled else {}
     return stats, failed, seconds

@@ -370,7 +370,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     measured = None
     if selection is not None:
         t = time.perf_counter()
-        measured = _measured_choice(config, imported, profile, front, curve, selection, references, key,
+        measured = _measured_choice(config, imported, profile, stats, front, curve, selection, references, key,
                                     target, notes, log)
         timings["measure_s"] = time.perf_counter() - t
         if measured is not None and measured.chosen.label != "selected":
@@ -387,13 +387,14 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
                         measured=None if measured is None else measured.to_dict())
 
 
-def _measured_choice(config, imported, profile, front, curve, selection, references, key, target, notes, log):
+def _measured_choice(config, imported, profile, stats, front, curve, selection, references, key, target, notes,
+                     log):
     """Compile and time a few qualifying points side by side and keep the fastest (`search.measured`);
     None (with a note) where nothing is measured: BOPs cost, no point meeting the target, a device this
     machine cannot run."""
-    from ..measure.in_model import synthetic_ranges
     from ..measure.interleaved import compile_and_time, local_target
-    from .measured import Candidate, candidates_for_budget, candidates_for_target, pick_fastest, pick_within_budget
+    from .measured import (Candidate, candidates_for_budget, candidates_for_target, config_key, pick_fastest,
+                           pick_within_budget)
     from .tables import ParetoPoint
 
     if config.measure_points <= 0 or config.cost != "latency":
@@ -405,26 +406,22 @@ def _measured_choice(config, imported, profile, front, curve, selection, referen
     if device_target is None:
         notes.append(f"the final choice is on predicted latency, not measured: {why}")
         return None
-    index = {tuple(sorted(p.config.items())): i for i, p in enumerate(front)}
+    index = {config_key(p.config): i for i, p in enumerate(front)}
     chosen = Candidate("selected", selection.point, selection.point.evaluated_sqnr_db)
     base_quality = references[config.baseline][key]
     pool = [Candidate(config.baseline, replace(front[0], evaluated_sqnr_db=base_quality), base_quality)]
     for name, ref in references.items():
         if name in ("W8A8", "W4A8") and np.isfinite(ref[key]):
             pool.append(Candidate(name, ParetoPoint(ref["config"], ref["cost"], float("nan"), 0, ref[key]), ref[key]))
-    evaluated = {tuple(sorted(p.config.items())): p for p in (*curve, *selection.evaluated)
-                 if p.evaluated_sqnr_db is not None}
-    front_pool = sorted(evaluated.values(), key=lambda p: p.cost)
-    pool += [Candidate(f"front[{index.get(tuple(sorted(p.config.items())), '?')}]", p, p.evaluated_sqnr_db)
-             for p in front_pool]
+    evaluated = {config_key(p.config): p for p in (*curve, *selection.evaluated) if p.evaluated_sqnr_db is not None}
+    pool += [Candidate(f"front[{index.get(k, '?')}]", p, p.evaluated_sqnr_db)
+             for k, p in sorted(evaluated.items(), key=lambda kp: kp[1].cost)]
     if target is not None:
         candidates = candidates_for_target(chosen, pool, target, config.measure_points)
     else:
         candidates = candidates_for_budget(chosen, pool, config.measure_points)
-    graph = imported.graph  # latency does not depend on the ranges: timing builds take synthetic ones
-    plans = {c.label: resolve(Plan({n: c.point.config[g.name] for g in graph.groups for n in g.layers},
-                                   synthetic_ranges(graph), imported.name, profile.name), graph, profile)
-             for c in candidates}
+    plans = {c.label: config_to_plan(c.point.config, imported.graph, stats, config.range_method, profile,
+                                     imported.name) for c in candidates}
     log(f"phase 3: compiling and timing {len(plans)} points side by side: {', '.join(plans)}")
     stats, failed, _ = compile_and_time(imported, plans, device_target, rounds=config.measure_rounds, log=log)
     for label, err in failed.items():

@@ -17,6 +17,11 @@ from typing import Mapping, Optional, Sequence
 from .tables import ParetoPoint
 
 
+def config_key(config: Mapping[str, str]) -> tuple:
+    """A config as a hashable key (group order does not matter)."""
+    return tuple(sorted(config.items()))
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A point to measure: `quality` is its evaluated quality (held-out SQNR or task score)."""
@@ -27,7 +32,7 @@ class Candidate:
 
     @property
     def key(self) -> tuple:
-        return tuple(sorted(self.point.config.items()))
+        return config_key(self.point.config)
 
 
 @dataclass(frozen=True)

@@ -54,27 +54,20 @@ def _pack_panels(bb, x, zero_point: int, tiling, dtype: str, conv_input: bool = 
     elementwise pass, and the packing reads uint8 — as a TE compute, which LLVM vectorizes well on wide
     feature maps, or, up to `PAIRS_MAX_COLUMNS` columns, as the hand-vectorized `pack_pairs_func` (2-3x
     faster there: the TE loop nest is short). float32 panels are contiguous rows and fuse as they are."""
-    from tvm import te
-
     shape = [int(v) for v in x.ty.shape]
-    if dtype != "int16" or x.ty.dtype != "uint8":
-        if conv_input:
-            return bb.emit_te(k.pack_conv_panels, x, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1),
-                              padding=(0, 0, 0, 0), dilation=(1, 1), dtype=dtype)
-        return bb.emit_te(k.pack_panels, x, zero_point, tiling.nr, dtype=dtype)
     if conv_input:
-        batch, kk, cols = shape[0], shape[1], shape[2] * shape[3]
+        name, compute = "pack_conv_panels", lambda t: k.pack_conv_panels(
+            t, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), dtype=dtype)
     else:
-        batch, kk, cols = (int(np.prod(shape[:-2])) if len(shape) > 2 else 1), shape[-2], shape[-1]
-    out = (batch, k._ceil(cols, tiling.nb), k._ceil(kk, 2), tiling.nb, 2)
+        name, compute = "pack_panels", lambda t: k.pack_panels(t, zero_point, tiling.nr, dtype=dtype)
+    if dtype != "int16" or x.ty.dtype != "uint8":
+        return bb.emit_te(compute, x, primfunc_name_hint=name)
+    cols = shape[2] * shape[3] if conv_input else shape[-1]
     if cols <= PAIRS_MAX_COLUMNS and UNFUSED_PACKING:
         zp = relax.const(np.array([zero_point], np.int16))
         return _call(bb, k.pack_pairs_func(shape, tiling.nb, conv_input=conv_input), "avx2_pack_pairs", [x, zp],
-                     out, "int16")
-    if conv_input:
-        return _unfused_te(bb, lambda t: k.pack_conv_panels(t, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1),
-                                                            padding=(0, 0, 0, 0), dilation=(1, 1)), x, "pack_pairs")
-    return _unfused_te(bb, lambda t: k.pack_panels(t, zero_point, tiling.nr), x, "pack_pairs")
+                     k.pack_pairs_shape(shape, tiling.nb, conv_input=conv_input), "int16")
+    return _unfused_te(bb, compute, x, "pack_pairs")
 
 
 UNFUSED_PACKING = True  # False: the requantize fuses into the int16 packing (benchmarks/epilogues.py compares)
@@ -87,7 +80,6 @@ def _unfused_te(bb, compute, x, name: str):
 
     if not UNFUSED_PACKING:
         return bb.emit_te(compute, x, primfunc_name_hint=name)
-
     src = te.placeholder([int(v) for v in x.ty.shape], x.ty.dtype, name="x")
     out = compute(src)
     func = te.create_prim_func([src, out]).with_attr("op_pattern", 8)
