@@ -17,6 +17,10 @@ MODEL_HELP = (
 HW_HELP = "a hardware profile name under hw_profiles/ (see `tvm-mpq profiles`) or a path to a YAML file"
 
 
+BIAS_HELP = ("do not take the mean shift that rounding the weights causes (measured per output channel on the "
+             "calibration data) off each quantized layer's output")
+
+
 def _fmt_db(v: float) -> str:
     return "inf" if v == float("inf") else f"{v:.1f}"
 
@@ -27,6 +31,7 @@ def _cmd_compile(args) -> int:
     summary = quantize_and_compile(
         args.model, args.hw, args.plan, args.out,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, range_method=args.range_method,
+        bias_correction=False if args.no_bias_correction else None,
         compare_fp32=args.compare_fp32, repeat=args.repeat,
         log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
     )
@@ -205,7 +210,8 @@ def _cmd_search(args) -> int:
         raise ValueError("--min-score needs --metric labeled (with output SQNR give --min-sqnr)")
     config = SearchConfig(
         calib_samples=args.calib_samples, sensitivity_samples=min(args.sensitivity_samples, args.calib_samples),
-        eval_samples=args.eval_samples, range_method=args.range_method, order=args.order, cost=args.cost,
+        eval_samples=args.eval_samples, range_method=args.range_method, bias_correction=not args.no_bias_correction,
+        order=args.order, cost=args.cost,
         min_sqnr_db=args.min_sqnr, max_drop_db=None if labeled else args.max_drop,
         min_score=args.min_score, max_score_drop=args.max_drop if labeled else None,
         latency_budget_ms=args.latency_budget, selection=args.selection, measure_points=args.measure,
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=16, help="held-out samples for the checks (default 16)")
     p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="activation range estimator (default minmax)")
+    p.add_argument("--no-bias-correction", action="store_true", help=BIAS_HELP)
     p.add_argument("--compare-fp32", action="store_true", help="also compile and time the FP32 model")
     p.add_argument("--repeat", type=int, default=10, help="timed runs of the whole model (default 10)")
     p.set_defaults(func=_cmd_compile)
@@ -378,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of those, samples scored in phase 1 (default 64)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples scored in phase 3 (default 64)")
     p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--no-bias-correction", action="store_true", help=BIAS_HELP)
     p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
     p.set_defaults(func=_cmd_search)
 

@@ -13,7 +13,7 @@ from .frontend import import_model
 from .hardware import HardwareProfile, load_profile
 from .models import ModelSpec, load_model
 from .numerics import get_candidate, sqnr_db
-from .plan import HOMOGENEOUS, Plan, homogeneous_plan, ranges_from_stats, resolve
+from .plan import HOMOGENEOUS, Plan, corrections_from_stats, homogeneous_plan, ranges_from_stats, resolve
 from .simulate import Simulator
 
 
@@ -24,8 +24,9 @@ def _top_k_agreement(ref: np.ndarray, test: np.ndarray, k: int) -> float:
 
 
 def make_plan(plan: Union[str, Path, Plan], imported, profile: HardwareProfile, stats: dict, range_method: str,
-              model_name: str = "") -> Plan:
-    """A resolved plan from a homogeneous name (fp32, w8a8, …), a plan file, or a Plan; ranges from `stats`."""
+              model_name: str = "", bias_correction: Optional[bool] = None) -> Plan:
+    """A resolved plan from a homogeneous name (fp32, w8a8, …), a plan file, or a Plan; ranges and bias
+    corrections the plan lacks from `stats`. `bias_correction` None: as the plan says (default on)."""
     if isinstance(plan, str) and plan.lower() in HOMOGENEOUS:
         draft = homogeneous_plan(imported.graph, profile, plan, {}, model=model_name)
     elif isinstance(plan, Plan):
@@ -39,8 +40,17 @@ def make_plan(plan: Union[str, Path, Plan], imported, profile: HardwareProfile, 
     names = {n: draft.layers.get(n, draft.default or "FP32") for n in imported.graph.layers}
     computed = ranges_from_stats(stats, names, range_method)
     ranges = {**computed, **{k: v for k, v in draft.ranges.items() if k in imported.graph.layers}}
+    calibration = dict(draft.calibration or {"method": range_method})
+    calibration["bias_correction"] = bool(calibration.get("bias_correction", True) if bias_correction is None
+                                          else bias_correction)
+    corrections = {}
+    if calibration["bias_correction"]:  # the plan's own where they are for the layer's weight bits
+        corrections = corrections_from_stats(stats, names)
+        for name, (bits, values) in draft.bias_corrections.items():
+            if name in names and get_candidate(names[name]).weight_bits == bits:
+                corrections[name] = (bits, values)
     draft = Plan(draft.layers, ranges, draft.model or model_name, draft.profile or profile.name,
-                 draft.calibration or {"method": range_method}, draft.default, draft.source_lines)
+                 calibration, draft.default, draft.source_lines, corrections)
     return resolve(draft, imported.graph, profile)
 
 
@@ -53,6 +63,7 @@ def quantize_and_compile(
     calib_samples: int = 32,
     eval_samples: int = 16,
     range_method: str = "minmax",
+    bias_correction: Optional[bool] = None,
     compare_fp32: bool = False,
     repeat: int = 10,
     log: Callable[[str], None] = lambda msg: None,
@@ -83,7 +94,7 @@ def quantize_and_compile(
     timings["calibrate_s"] = time.perf_counter() - t
     log(f"calibrated {len(imported.graph.layers)} layers on {len(calib)} samples")
 
-    resolved = make_plan(plan, imported, profile, stats, range_method, spec.name)
+    resolved = make_plan(plan, imported, profile, stats, range_method, spec.name, bias_correction)
     y_float = sim.run(evals)
     sim.configure_plan(resolved)
     y_sim = sim.run(evals)
@@ -118,6 +129,7 @@ def quantize_and_compile(
         "eval_samples": len(evals),
         "calib_samples": len(calib),
         "range_method": range_method,
+        "bias_correction": resolved.calibration["bias_correction"],
         "sqnr_vs_float_db": sqnr_db(y_float, y_tvm),
         "sqnr_vs_simulation_db": sqnr_db(y_sim, y_tvm),
         "simulation_sqnr_vs_float_db": sqnr_db(y_float, y_sim),

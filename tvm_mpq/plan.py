@@ -11,6 +11,13 @@ A plan is the single interface between search and lowering, and a human-editable
       _blocks.0._depthwise_conv: FP32
     ranges:                  # per layer, one [lo, hi] per activation input (calibrated)
       _conv_stem: [[-1.0, 1.0]]
+    bias_correction:         # per quantized layer: mean output shift of its rounded weights (calibrated)
+      _conv_stem:
+        bits: 8
+        values: [0.0012, -0.0003, ...]
+
+Ranges and bias corrections left out are calibrated by `tvm-mpq compile`; `calibration: {bias_correction:
+false}` turns the corrections off.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+import numpy as np
 import yaml
 
 from .graph import LayerGraph
@@ -41,6 +49,8 @@ class Plan:
     calibration: Mapping[str, object] = field(default_factory=dict)
     default: Optional[str] = None  # candidate of layers not listed (resolved by `resolve`)
     source_lines: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)  # layer → file:line
+    # layer → (weight bits, per-output-channel shift subtracted before the bias: `numerics.bias_correction`)
+    bias_corrections: Mapping[str, tuple[int, tuple[float, ...]]] = field(default_factory=dict, repr=False)
 
     def candidate(self, layer: str) -> Candidate:
         return get_candidate(self.layers.get(layer, "FP32"))
@@ -56,10 +66,19 @@ class Plan:
                 out[name] = tuple(encoding_from_range(lo, hi, c.act_bits) for lo, hi in self.ranges[name])
         return out
 
+    def corrections(self) -> dict[str, np.ndarray]:
+        """layer → float32 bias correction, for the quantized layers whose stored weight bits are theirs."""
+        out = {}
+        for name, (bits, values) in self.bias_corrections.items():
+            c = get_candidate(self.layers.get(name, "FP32"))
+            if c.is_quantized and c.weight_bits == bits:
+                out[name] = np.asarray(values, np.float32)
+        return out
+
     # ------------------------------------------------------------------ files
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "tvm_mpq_plan": PLAN_VERSION,
             "model": self.model,
             "profile": self.profile,
@@ -67,10 +86,23 @@ class Plan:
             "layers": dict(self.layers),
             "ranges": {k: [list(map(float, r)) for r in v] for k, v in self.ranges.items()},
         }
+        if self.bias_corrections:
+            # shortest float32 text: the values read back to the same float32
+            out["bias_correction"] = {k: {"bits": int(b), "values": [float(str(np.float32(v))) for v in vs]}
+                                      for k, (b, vs) in self.bias_corrections.items()}
+        return out
 
     def save(self, path) -> Path:
         path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=120))
+        data = self.to_dict()
+        corrections = data.pop("bias_correction", None)
+        text = yaml.safe_dump(data, sort_keys=False, width=120)
+        if corrections:  # long number lists on wrapped lines, the rest of the file in block style
+            text += ("# per layer: the weight bits it was measured for and one value per output channel, "
+                     "subtracted before the bias\n")
+            text += yaml.safe_dump({"bias_correction": corrections}, sort_keys=False, width=120,
+                                   default_flow_style=None)
+        path.write_text(text)
         return path
 
     @staticmethod
@@ -95,7 +127,7 @@ class Plan:
         version = data.get("tvm_mpq_plan")
         if version != PLAN_VERSION:
             raise PlanError(f"{where('tvm_mpq_plan')}: tvm_mpq_plan must be {PLAN_VERSION}, got {version!r}")
-        allowed = {"tvm_mpq_plan", "model", "profile", "calibration", "default", "layers", "ranges"}
+        allowed = {"tvm_mpq_plan", "model", "profile", "calibration", "default", "layers", "ranges", "bias_correction"}
         for key in data:
             if key not in allowed:
                 raise PlanError(f"{where(key)}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
@@ -120,6 +152,16 @@ class Plan:
             if not ok:
                 raise PlanError(f"{where('ranges', name)}: ranges of {name!r} must be a list of [lo, hi] with lo <= hi")
             ranges[name] = tuple((float(lo), float(hi)) for lo, hi in rs)
+        corrections = {}
+        for name, entry in (data.get("bias_correction") or {}).items():
+            values = entry.get("values") if isinstance(entry, dict) else None
+            ok = (isinstance(entry, dict) and set(entry) == {"bits", "values"} and entry["bits"] in (4, 8)
+                  and isinstance(values, list) and values
+                  and all(isinstance(v, (int, float)) and np.isfinite(v) for v in values))
+            if not ok:
+                raise PlanError(f"{where('bias_correction', name)}: bias_correction of {name!r} must be "
+                                "{bits: 4 or 8, values: [finite numbers, one per output channel]}")
+            corrections[name] = (int(entry["bits"]), tuple(float(v) for v in values))
         return Plan(
             {k: v.upper() for k, v in layers.items()},
             ranges,
@@ -128,6 +170,7 @@ class Plan:
             dict(data.get("calibration") or {}),
             default.upper() if default else None,
             {k[1]: where(*k) for k in lines if len(k) == 2 and k[0] == "layers"},
+            corrections,
         )
 
 
@@ -182,7 +225,17 @@ def resolve(plan: Plan, graph: LayerGraph, profile) -> Plan:
             f"{', '.join(missing[:10])}. Calibrate (tvm-mpq compile does) or add ranges: entries."
         )
     ranges = {k: v for k, v in plan.ranges.items() if k in graph.layers}
-    return Plan(full, ranges, plan.model, plan.profile, plan.calibration)
+    corrections = {}
+    for name, (bits, values) in plan.bias_corrections.items():
+        c = get_candidate(full.get(name, "FP32"))
+        layer = graph.layers.get(name)
+        if layer is None or not c.is_quantized or layer.weight is None or c.weight_bits != bits:
+            continue  # a correction for other weight bits (the candidate was edited) is recomputed by make_plan
+        if len(values) != layer.workload.weight_shape[0]:
+            raise PlanError(f"bias_correction of {name!r} has {len(values)} values; the layer has "
+                            f"{layer.workload.weight_shape[0]} output channels")
+        corrections[name] = (bits, tuple(values))
+    return Plan(full, ranges, plan.model, plan.profile, plan.calibration, bias_corrections=corrections)
 
 
 def homogeneous_plan(graph: LayerGraph, profile, candidate: str, ranges: Mapping, **meta) -> Plan:
@@ -211,6 +264,16 @@ def homogeneous_plan(graph: LayerGraph, profile, candidate: str, ranges: Mapping
             for n in group.layers:
                 layers[n] = pick
     return Plan(layers, {k: tuple(v) for k, v in ranges.items()}, **meta)
+
+
+def corrections_from_stats(stats: Mapping, plan_layers: Mapping[str, str]) -> dict:
+    """layer → (weight bits, bias correction) for the quantized layers, from what calibration measured."""
+    out = {}
+    for name, inputs in stats.items():
+        c = get_candidate(plan_layers.get(name, "FP32"))
+        if c.is_quantized and inputs and c.weight_bits in inputs[0].bias_correction:
+            out[name] = (c.weight_bits, tuple(float(v) for v in inputs[0].bias_correction[c.weight_bits]))
+    return out
 
 
 def ranges_from_stats(stats: Mapping, plan_layers: Mapping[str, str], method: str = "minmax") -> dict:

@@ -9,7 +9,7 @@ clamped per tensor, weights are the same per-channel quantized tensors the lower
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -45,6 +45,42 @@ class _Observer:
             self.samples.append(flat.numpy().copy())
 
 
+class _PatchMean:
+    """Running mean of the input patch a weighted layer sees ([C, KH, KW] for a conv, [K] for a linear),
+    zero padding included: what `numerics.bias_correction` needs."""
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+        self.total: Optional[torch.Tensor] = None
+        self.count = 0
+
+    def __call__(self, x: torch.Tensor):
+        x = x.detach().double()
+        wl = self.layer.workload
+        if self.layer.op_type == "conv2d":
+            kh, kw = wl.weight_shape[2], wl.weight_shape[3]
+            (sh, sw), (dh, dw) = wl.strides, wl.dilation
+            top, left = wl.padding[0], wl.padding[1]  # the padding the simulation's conv applies (both sides)
+            plane = F.pad(x.sum(0), (left, left, top, top))  # [C, Hp, Wp]: patches summed over the batch
+            oh = (plane.shape[1] - dh * (kh - 1) - 1) // sh + 1
+            ow = (plane.shape[2] - dw * (kw - 1) - 1) // sw + 1
+            taps = [plane[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw].sum((1, 2))
+                    for i in range(kh) for j in range(kw)]
+            total, count = torch.stack(taps, 1).reshape(-1, kh, kw), x.shape[0] * oh * ow
+        else:
+            total, count = x.reshape(-1, x.shape[-1]).sum(0), x.numel() // x.shape[-1]
+        self.total = total if self.total is None else self.total + total
+        self.count += count
+
+    def corrections(self, weight: np.ndarray) -> dict[int, np.ndarray]:
+        """{weight bits: float32 [O]} for 8- and 4-bit weights."""
+        if self.total is None:
+            return {}
+        m = (self.total / self.count).numpy()
+        return {bits: numerics.bias_correction(weight, bits, m, self.layer.workload.groups if self.layer.op_type == "conv2d"
+                                               else 1) for bits in (8, 4)}
+
+
 class SimLayer(torch.nn.Module):
     """One layer of the simulation graph, switchable between float and any candidate.
 
@@ -62,6 +98,8 @@ class SimLayer(torch.nn.Module):
         self.candidate: Optional[Candidate] = None
         self.encodings: tuple[ActEncoding, ...] = ()
         self.observers: Optional[list[_Observer]] = None
+        self.patch_mean: Optional[_PatchMean] = None  # set while calibrating a weighted layer
+        self.correction: Optional[torch.Tensor] = None  # bias correction of the current configuration
         self._qweights: dict[int, tuple[torch.Tensor, np.ndarray, float]] = {}
 
     def integer_weight(self, bits: int) -> tuple[torch.Tensor, np.ndarray, float]:
@@ -85,6 +123,8 @@ class SimLayer(torch.nn.Module):
         if self.observers is not None:
             for obs, x in zip(self.observers, inputs):
                 obs(x)
+            if self.patch_mean is not None:
+                self.patch_mean(inputs[0])
         c = self.candidate
         if c is None or (not c.is_quantized and c.float_dtype == "float32"):
             return self._compute(inputs, self.weight, self.bias)
@@ -115,6 +155,8 @@ class SimLayer(torch.nn.Module):
             weight = None if weight is None else weight.double()
         acc = self._compute(ints, weight, None).float()
         y = acc * mult
+        if self.correction is not None:  # before the bias, as the lowering orders it (float adds do not commute)
+            y = y - (self.correction.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else self.correction)
         if self.bias is not None:
             y = y + (self.bias.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else self.bias)
         return y
@@ -127,6 +169,9 @@ class InputStats:
     lo: float
     hi: float
     sample: np.ndarray
+    # {weight bits: float32 [O]}: the layer's bias correction (`numerics.bias_correction`), on its first
+    # input's stats; empty for activation x activation matmuls
+    bias_correction: Mapping[int, np.ndarray] = field(default_factory=dict)
 
     def range(self, method: str, bits: int) -> tuple[float, float]:
         if method == "minmax":
@@ -173,6 +218,8 @@ class Simulator:
         gm.recompile()
         self.gm = gm
         self._index_nodes()
+        self.bias_correction = True  # apply the bias corrections `calibrate` measures (see `configure`)
+        self._corrections: dict[str, dict[int, np.ndarray]] = {}
 
     def _index_nodes(self) -> None:
         """Execution order, each layer's position in it and each value's last use (for `PrefixCache`)."""
@@ -192,17 +239,28 @@ class Simulator:
 
     # -------------------------------------------------------------- configuration
 
-    def configure(self, candidates: Mapping[str, Candidate], encodings: Mapping[str, Sequence[ActEncoding]]):
-        """Set each layer's candidate (missing layers: float) and its activation encodings."""
+    def configure(self, candidates: Mapping[str, Candidate], encodings: Mapping[str, Sequence[ActEncoding]],
+                  corrections: Optional[Mapping[str, np.ndarray]] = None):
+        """Set each layer's candidate (missing layers: float) and its activation encodings.
+
+        `corrections` (layer → float32 [O]) are the bias corrections of the quantized layers; None: those
+        `calibrate` measured, for each layer's weight bits, when `bias_correction` is on (else none)."""
         for name, sim in self.layers.items():
             c = candidates.get(name)
             sim.candidate = c
             sim.encodings = tuple(encodings.get(name, ())) if c is not None and c.is_quantized else ()
             if c is not None and c.is_quantized and len(sim.encodings) != sim.layer.num_act_inputs:
                 raise ValueError(f"layer {name}: {c.name} needs {sim.layer.num_act_inputs} activation encoding(s)")
+            corr = None
+            if c is not None and c.is_quantized and sim.weight is not None:
+                if corrections is not None:
+                    corr = corrections.get(name)
+                elif self.bias_correction:
+                    corr = self._corrections.get(name, {}).get(c.weight_bits)
+            sim.correction = None if corr is None else torch.from_numpy(np.asarray(corr, np.float32))
 
     def configure_plan(self, plan) -> None:
-        self.configure(plan.candidates(), plan.encodings())
+        self.configure(plan.candidates(), plan.encodings(), plan.corrections())
 
     def reset(self):
         self.configure({}, {})
@@ -268,24 +326,29 @@ class Simulator:
         """Observe every layer's activation inputs on the float model: {layer: (InputStats, ...)}."""
         if len(samples) == 0:
             raise ValueError("calibration set is empty: give at least one input sample")
-        saved = {n: (s.candidate, s.encodings) for n, s in self.layers.items()}
+        saved = {n: (s.candidate, s.encodings, s.correction) for n, s in self.layers.items()}
         self.reset()
         for i, sim in enumerate(self.layers.values()):
             sim.observers = [_Observer(sample_per_batch, seed + 7919 * i + j) for j in range(sim.layer.num_act_inputs)]
+            sim.patch_mean = _PatchMean(sim.layer) if sim.weight is not None else None
         try:
             self.run(samples)
         finally:
             stats = {}
             for name, sim in self.layers.items():
                 obs, sim.observers = sim.observers, None
+                patch, sim.patch_mean = sim.patch_mean, None
+                corr = patch.corrections(sim.weight.numpy()) if patch is not None else {}
+                self._corrections[name] = corr
                 stats[name] = tuple(
-                    InputStats(o.lo, o.hi, np.concatenate(o.samples) if o.samples else np.zeros(0, np.float32))
-                    for o in obs
+                    InputStats(o.lo, o.hi, np.concatenate(o.samples) if o.samples else np.zeros(0, np.float32),
+                               corr if j == 0 else {})
+                    for j, o in enumerate(obs)
                 )
                 if any(o.nonfinite for o in obs):
                     raise ValueError(f"calibration: NaN or Inf reaches the input of layer {name}")
-            for n, (c, e) in saved.items():
-                self.layers[n].candidate, self.layers[n].encodings = c, e
+            for n, (c, e, corr) in saved.items():
+                self.layers[n].candidate, self.layers[n].encodings, self.layers[n].correction = c, e, corr
         return stats
 
 

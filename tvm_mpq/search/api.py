@@ -41,6 +41,7 @@ class SearchConfig:
     sensitivity_samples: int = 64  # of the calibration samples, scored in phase 1
     eval_samples: int = 64  # held out from calibration, scored in phase 3
     range_method: str = "minmax"
+    bias_correction: bool = True  # take each quantized layer's mean weight-rounding shift off its output
     baseline: str = "FP32"
     order: str = "quality_per_cost"  # or "sensitivity" (the paper's order)
     cost: str = "latency"  # or "bops" (the reference implementation's cost)
@@ -60,7 +61,7 @@ class SearchConfig:
         """The settings phase 1 depends on (its cache key): a new target or selection reuses its scores."""
         return {"version": SEARCH_VERSION, "calib_samples": self.calib_samples,
                 "sensitivity_samples": self.sensitivity_samples, "range_method": self.range_method,
-                "baseline": self.baseline}
+                "bias_correction": self.bias_correction, "baseline": self.baseline}
 
 
 @dataclass
@@ -218,12 +219,16 @@ def make_evaluator(sim, graph, stats, samples, y_float, range_method: str, *, sc
     return evaluate
 
 
-def config_to_plan(config, graph, stats, range_method: str, profile, model_name: str) -> Plan:
-    from ..plan import ranges_from_stats
+def config_to_plan(config, graph, stats, range_method: str, profile, model_name: str,
+                   bias_correction: bool = True) -> Plan:
+    from ..plan import corrections_from_stats, ranges_from_stats
 
     layers = {n: config[g.name] for g in graph.groups for n in g.layers}
     ranges = ranges_from_stats(stats, layers, range_method)
-    return resolve(Plan(layers, ranges, model_name, profile.name, {"method": range_method}), graph, profile)
+    corrections = corrections_from_stats(stats, layers) if bias_correction else {}
+    calibration = {"method": range_method, "bias_correction": bias_correction}
+    return resolve(Plan(layers, ranges, model_name, profile.name, calibration, bias_corrections=corrections),
+                   graph, profile)
 
 
 # ---------------------------------------------------------------------- the job
@@ -283,6 +288,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     scored = calib[:config.sensitivity_samples]
 
     sim = Simulator(imported, channels_last=fast)
+    sim.bias_correction = config.bias_correction
     prefix_cache_bytes = prefix_cache_bytes if fast else 0
     stats = sim.calibrate(calib)
     y_scored, y_held = sim.run(scored), sim.run(held_out)
@@ -346,7 +352,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     if selection is not None and not selection.met:
         notes.append(selection.message)
     chosen = selection.point if selection is not None else front[0]
-    plan = config_to_plan(chosen.config, graph, stats, config.range_method, profile, spec.name)
+    plan = config_to_plan(chosen.config, graph, stats, config.range_method, profile, spec.name,
+                          config.bias_correction)
 
     # Reference points on the same tables: homogeneous precisions, and what BOPs as the cost would choose.
     key = "sqnr_db" if task is None else "score"
@@ -376,7 +383,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
         if measured is not None and measured.chosen.label != "selected":
             selection = replace(selection, point=measured.chosen.point,
                                 message=f"{selection.message}; {measured.message}")
-            plan = config_to_plan(measured.chosen.point.config, graph, stats, config.range_method, profile, spec.name)
+            plan = config_to_plan(measured.chosen.point.config, graph, stats, config.range_method, profile,
+                                  spec.name, config.bias_correction)
     analysis = _analysis(sens, cost, front, curve, config.order) if task is None else _analysis(
         sens, cost, front, [], config.order)  # predicted SQNR and a task score are not comparable
     timings["total_s"] = time.perf_counter() - t0
@@ -421,7 +429,7 @@ def _measured_choice(config, imported, profile, stats, front, curve, selection, 
     else:
         candidates = candidates_for_budget(chosen, pool, config.measure_points)
     plans = {c.label: config_to_plan(c.point.config, imported.graph, stats, config.range_method, profile,
-                                     imported.name) for c in candidates}
+                                     imported.name, config.bias_correction) for c in candidates}
     log(f"phase 3: compiling and timing {len(plans)} points side by side: {', '.join(plans)}")
     stats, failed, _ = compile_and_time(imported, plans, device_target, rounds=config.measure_rounds, log=log)
     for label, err in failed.items():

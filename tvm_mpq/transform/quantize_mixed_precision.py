@@ -5,7 +5,8 @@ after the layer (conv2d(x, W), matmul(x, W^T) or matmul(a, b)). For each layer t
 
     x_q  = astype(clip(round(x / s_x) + z_x, qmin, qmax), uint8|int16)        # convert op
     acc  = qconv2d / qdense / qbatch_matmul(x_q, W_q [int8, or int4 packed in uint8])  # int32/int64
-    y    = astype(acc, float32) * (s_x * s_w[o])                                 # requantize epilogue
+    y    = astype(acc, float32) * (s_x * s_w[o]) - c[o]                          # requantize epilogue
+                                    (c: the plan's bias correction, `numerics.bias_correction`)
 
 The bias add, activation and the next layer's quantize that follow are elementwise, so FuseOps merges
 them into the integer kernel's epilogue (generic kernels) or into one elementwise kernel after it.
@@ -54,6 +55,7 @@ class QuantizeMixedPrecision:
         self.graph = graph
         self.weights = weights  # layer name → float32 weight (BatchNorm folded), as the simulator uses
         self.encodings = plan.encodings()
+        self.corrections = plan.corrections()
         self.kernels = kernels
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -62,7 +64,7 @@ class QuantizeMixedPrecision:
             c = self.plan.candidate(name)
             if c.is_quantized or c.float_dtype != "float32" or _fast_float32(layer, c, self.kernels):
                 targets[name] = (layer, c, layer_tag(index))
-        rewriter = _Rewriter(mod, targets, self.weights, self.encodings, self.kernels)
+        rewriter = _Rewriter(mod, targets, self.weights, self.encodings, self.kernels, self.corrections)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -77,9 +79,10 @@ class QuantizeMixedPrecision:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, targets, weights, encodings, kernels):
+    def __init__(self, mod, targets, weights, encodings, kernels, corrections=None):
         super().__init__(mod)
         self.kernels = kernels
+        self.corrections = corrections or {}
         self.targets = {}
         for name, value in targets.items():
             self.targets[name] = value
@@ -97,7 +100,8 @@ class _Rewriter(PyExprMutator):
         if self.kernels == "x86_avx2" and layer.op_type == "conv2d":
             args[0], layer = self._fold_zero_pad(args[0], layer)
         new = emit_layer(self.builder_, layer, cand, args, self.weights.get(layer.name),
-                         self.encodings.get(layer.name, ()), kernels=self.kernels, tag=tag)
+                         self.encodings.get(layer.name, ()), kernels=self.kernels, tag=tag,
+                         correction=self.corrections.get(layer.name))
         if not isinstance(binding.var, relax.DataflowVar):
             new = self.builder_.emit_output(new)
         self.set_var_remap(binding.var, new)
@@ -160,16 +164,22 @@ def _fast_float32(layer: Layer, cand: Candidate, kernels: str) -> bool:
 
 
 def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weight, encodings,
-               *, inputs_quantized: bool = False, kernels: str = "generic", tag: str = ""):
+               *, inputs_quantized: bool = False, kernels: str = "generic", tag: str = "", correction=None):
     """Emit `layer` at `cand`; returns its float32 output (before the bias add).
 
     `args` are the layer's activation inputs (float32, or already in the candidate's integer dtype when
     `inputs_quantized`); `weight` is the float32 weight (BatchNorm folded); `encodings` one ActEncoding per
     activation input; `kernels` the kernel library ("generic" or "x86_avx2"); `tag` (see `layer_tag`)
-    prefixes the name of the layer's kernel function, so a per-call profile can attribute it.
+    prefixes the name of the layer's kernel function, so a per-call profile can attribute it; `correction`
+    (float32 [O], quantized layers with weights) is subtracted from the requantized output.
     """
     if cand.is_quantized:
-        return _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized, kernels, tag)
+        y = _emit_quantized(bb, layer, cand, args, weight, encodings, inputs_quantized, kernels, tag)
+        if correction is None or layer.op_type == "matmul":
+            return y
+        c = np.asarray(correction, np.float32)
+        shape = (1, -1, 1, 1) if layer.op_type == "conv2d" else (1,) * (len(layer.workload.output_shape) - 1) + (-1,)
+        return bb.emit(relax.op.subtract(y, relax.const(c.reshape(shape))))
     if cand.float_dtype != "float32":
         return _emit_reduced_float(bb, layer, cand, args, weight)
     if _fast_float32(layer, cand, kernels):
