@@ -45,7 +45,7 @@ def peak_func(kind: str, tasks: int, iters: int):
     if kind == "int16":
         @T.prim_func
         def peak(src: T.Buffer((32,), "int16"), out: T.Buffer((tasks * 8,), "int32")):
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             for t in T.parallel(tasks):
                 acc = T.alloc_buffer((96,), "int32", scope="global")
                 for i in T.unroll(12):
@@ -64,7 +64,7 @@ def peak_func(kind: str, tasks: int, iters: int):
     else:
         @T.prim_func
         def peak(src: T.Buffer((16,), "float32"), out: T.Buffer((tasks * 8,), "float32")):
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             for t in T.parallel(tasks):
                 acc = T.alloc_buffer((96,), "float32", scope="global")
                 for i in T.unroll(12):

@@ -10,6 +10,8 @@
    and calibration size → workflow_cost.json / workflow_cost.png.
 5. `benchmarks/epilogues.py`: what the int8 operand packing and softmax schedules are worth (each model built
    with and without them, timed side by side) → epilogues.json.
+6. `benchmarks/bias_correction.py`: quality of homogeneous plans and of each quantizer group alone, with and
+   without bias correction → bias_correction.json.
 
     python benchmarks/run_all.py [--fast] [--models efficientnet_lite0,minilm_l6,small_cnn] [--search]
 
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import end_to_end, epilogues, kernels, workflow_cost  # noqa: E402
+from benchmarks import bias_correction, end_to_end, epilogues, kernels, workflow_cost  # noqa: E402
 from benchmarks.common import results_dir  # noqa: E402
 
 MIN_SQNR_DB = 30.0
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
 
     workflow_cost.main(["--fast"] if args.fast else [])
     epilogues.main(["--fast"] if args.fast else [])
+    bias_correction.main(["--fast"] if args.fast else [])
     print(f"[run_all] done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

@@ -3,7 +3,8 @@
 1. Cost: wall time of profiling (`profile_tasks` over every task of the model, into a fresh store, so
    nothing is reused) and of each search phase (calibration, phase 1, 2, 3: the `timings` the search
    returns, with a fresh phase-1 cache), each stage in its own spawned process so that its peak RSS
-   (`getrusage(RUSAGE_SELF).ru_maxrss` of that process) is its own and not cumulative. Inside the search
+   (`VmHWM` of that process: `ru_maxrss` is not used, Linux carries it over from the parent through fork
+   and exec, so a stage spawned by a large parent read the parent's peak) is its own and not cumulative. Inside the search
    process the RSS is also sampled, which gives a peak per phase (a lower bound: sampled).
 2. Scaling: profiling and search time against model depth (a family of synthetic CNNs with N conv
    blocks, each block's channel count different so that every layer is a distinct workload and has its
@@ -48,7 +49,19 @@ RESOLUTION = 16  # input [1, 3, 16, 16]: small enough that profiling, not the si
 BASE_WIDTH = 16  # channels of the stem; block i has BASE_WIDTH + i + 1 (distinct workloads per layer)
 MIN_SQNR_DB = 30.0
 RSS_SAMPLE_S = 0.01
-MIB = 1024.0  # ru_maxrss is in KiB on Linux
+MIB = 1024.0  # /proc's VmHWM is in KiB
+
+
+def peak_rss_mib() -> float:
+    """This process image's peak resident set size (VmHWM). Not `ru_maxrss`: Linux keeps the maximum of
+    the parent's at fork through exec, so a spawned child would report its parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / MIB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
 
 
 # ---------------------------------------------------------------------- the synthetic model family
@@ -205,7 +218,7 @@ def _stage_profile(blocks: int, hw: str, options: dict, store_path: str) -> dict
         raise RuntimeError(f"{store_path} exists: profiling must start from an empty store")
     profile = _profile_for(hw, options)
     spec = synthetic_cnn(blocks, options["resolution"], options["width"])
-    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
+    rss_ready = peak_rss_mib()
     load_before = os.getloadavg()
     t = time.perf_counter()
     graph = import_model(spec.module, spec.example_inputs, name=spec.name,
@@ -237,7 +250,7 @@ def _stage_profile(blocks: int, hw: str, options: dict, store_path: str) -> dict
                        "max": float(np.max(per_task))} if per_task else None,
         "measure": m.to_dict(), "torch_threads": torch.get_num_threads(), "imports_s": imports_s,
         "rss_after_imports_mib": rss_ready,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB,
+        "peak_rss_mib": peak_rss_mib(),
         "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu": cpu.result,
         "process_s": time.perf_counter() - started,
     }
@@ -256,7 +269,7 @@ def _stage_search(blocks: int, calib: int, hw: str, options: dict, store_path: s
     scored = max(2, calib // 4)  # sensitivity and held-out samples in the defaults' ratio (256 : 64 : 64)
     cfg = SearchConfig(calib_samples=calib, sensitivity_samples=scored, eval_samples=scored,
                        min_sqnr_db=MIN_SQNR_DB)
-    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
+    rss_ready = peak_rss_mib()
     load_before = os.getloadavg()
     marks = {}
 
@@ -290,7 +303,7 @@ def _stage_search(blocks: int, calib: int, hw: str, options: dict, store_path: s
         "latency_sources": sources,
         "torch_threads": torch.get_num_threads(),
         "rss_after_imports_mib": rss_ready,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB,
+        "peak_rss_mib": peak_rss_mib(),
         "sampled_peak_rss_mib": {k: rss.peak_between(*w) for k, w in windows.items()},
         "rss_sample_interval_s": RSS_SAMPLE_S,
         "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu": cpu.result,

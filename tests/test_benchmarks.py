@@ -277,6 +277,31 @@ def test_epilogues_ab_on_tiny_cnn():
     assert low.UNFUSED_PACKING and cpu_schedule.SPLIT_SOFTMAX
 
 
+def test_stage_peak_rss_is_the_childs_own():
+    """A stage spawned by a large process reports its own peak RSS, not the parent's (`ru_maxrss` would)."""
+    from benchmarks import workflow_cost
+
+    ballast = bytearray(1 << 30)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page: 1 GiB resident here
+    assert workflow_cost.peak_rss_mib() >= 1024
+    assert workflow_cost.in_child(workflow_cost.peak_rss_mib) < 700
+    del ballast
+
+
+def test_bias_correction_ab_on_tiny_cnn():
+    """benchmarks/bias_correction.py scores each plan with and without the corrections on the same data."""
+    from benchmarks import bias_correction
+
+    result = bias_correction.run_model("tiny_cnn", 16, 8)
+    homogeneous = result["homogeneous"]
+    assert set(homogeneous) == {"W8A8", "W8A16", "W4A8"}
+    for r in (*homogeneous.values(), *result["groups_w8a8_alone"].values()):
+        assert np.isfinite(r["plain_db"]) and np.isfinite(r["corrected_db"])
+        assert r["gain_db"] == r["corrected_db"] - r["plain_db"]
+    assert any(r["gain_db"] != 0 for r in homogeneous.values())  # the two runs differ: the switch took effect
+    assert len(result["groups_w8a8_alone"]) >= 2
+
+
 def test_run_all_fast_writes_every_result():
     """`python benchmarks/run_all.py --fast`, the one command behind every benchmark, at its smallest: each
     step writes its JSON (and plots) under benchmarks/results/fast/ with the machine it ran on."""
@@ -284,10 +309,11 @@ def test_run_all_fast_writes_every_result():
     from benchmarks.common import results_dir
 
     out = results_dir(fast=True)
-    for name in ("end_to_end.json", "kernels.json", "workflow_cost.json", "epilogues.json"):
+    names = ("end_to_end.json", "kernels.json", "workflow_cost.json", "epilogues.json", "bias_correction.json")
+    for name in names:
         (out / name).unlink(missing_ok=True)
     assert run_all.main(["--fast"]) == 0
-    for name in ("end_to_end.json", "kernels.json", "workflow_cost.json", "epilogues.json"):
+    for name in names:
         data = json.loads((out / name).read_text())
         assert data["machine"]["date"] and data["machine"]["commit"], name
     assert (out / "end_to_end.png").stat().st_size > 10_000

@@ -9,7 +9,7 @@ softmax and layer norms. This module gives them a parallel schedule:
   run in parallel; the innermost is left to LLVM's vectorizer;
 - reductions over the last axis (softmax, layer norm): dlight's CPU `Reduction` rule.
 
-Functions carrying `tir.is_scheduled` (the hand-written AVX2 kernels) are left alone.
+Functions carrying `tirx.is_scheduled` (the hand-written AVX2 kernels) are left alone, here and by MetaSchedule.
 
 TVM 0.27 does not mark `nearbyint` (what `relax.op.round` becomes: round half to even) as vectorizable, so
 `VectorizeLoop` turns every quantize into a scalar loop (5-6x slower than the vector one, and most of the

@@ -152,7 +152,7 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
 
     @T.prim_func
     def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), C_nd: T.Buffer(c_shape, acc_t)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         Af = T.decl_buffer((ba * mp * kk,), a_t, data=A.data)
         Bf = T.decl_buffer((bb * npan * kk * nb * pair,), b_t, data=B.data)
         C = T.decl_buffer((batch * m * n,), acc_t, data=C_nd.data)
@@ -341,7 +341,7 @@ def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: boo
     @T.prim_func
     def main(X_nd: T.Buffer(shape, src_dtype), ZP: T.Buffer((1,), "int16"),
              Y_nd: T.Buffer((batch, npan, k2, nb, 2), "int16")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
         X = T.decl_buffer((batch * k * n,), src_dtype, data=X_nd.data)
         Y = T.decl_buffer((batch * npan * k2 * nb * 2,), "int16", data=Y_nd.data)
         for task in T.parallel(batch * npan):
@@ -441,7 +441,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     @T.prim_func
     def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
              Y_nd: T.Buffer((n_, c_, oh, ow), out_dtype)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
         Y = T.decl_buffer((n_ * c_ * oh * ow,), out_dtype, data=Y_nd.data)
         for task in T.parallel(n_ * c_):
@@ -610,7 +610,7 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
 
     @T.prim_func
     def main(A: T.Buffer((1, mp, kk), a_t), X_nd: T.Buffer(x_shape, x_t), C_nd: T.Buffer((g.n, o, oh, ow), acc_t)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         Af = T.decl_buffer((mp * kk,), a_t, data=A.data)
         Xf = T.decl_buffer((g.n * image,), x_t, data=X_nd.data)
         C = T.decl_buffer((g.n * o * oh * ow,), acc_t, data=C_nd.data)
