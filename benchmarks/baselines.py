@@ -135,11 +135,13 @@ class BaselineResult:
 
 def run_baselines(spec, calibration: Sequence[Sequence], held_out: Sequence[Sequence], *, batches=(1, 8),
                   repeat: int = 20, warmup: int = 3, workdir=None, labeled_inputs: Optional[Sequence] = None,
-                  labeled_batch: int = 8, threads: int = THREADS,
+                  labeled_batch: int = 8, threads: int = THREADS, keep_open: Optional[dict] = None,
                   log: Callable[[str], None] = lambda m: None) -> dict[str, BaselineResult]:
     """Build every baseline executor of `spec`, time it at each batch size and run it on the held-out samples.
 
     Batches for timing are held-out samples stacked (cycled when there are fewer than the batch size).
+    With `keep_open` (a dict, and a `workdir` that outlives the call), the executors are put there instead of
+    being closed, for the caller to time again and close.
     """
     with tempfile.TemporaryDirectory(prefix="tvm_mpq_onnx_") as tmp:
         workdir = Path(workdir) if workdir is not None else Path(tmp)
@@ -157,7 +159,10 @@ def run_baselines(spec, calibration: Sequence[Sequence], held_out: Sequence[Sequ
             files = {}
             if isinstance(executor, OrtExecutor):
                 files["onnx"] = str(executor.path)
-                executor.close()
+                if keep_open is None:
+                    executor.close()
+            if keep_open is not None:
+                keep_open[label] = executor
             results[label] = BaselineResult(label, latency, outputs, labeled, files)
         return results
 

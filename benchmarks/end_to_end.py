@@ -12,7 +12,10 @@ Every executor runs with 2 threads. Calibration (ranges of the TVM plans, ONNX R
 quantizer) uses the same samples: the first N of the model's calibration set; quality is measured on the
 next M (held out), one sample at a time, against PyTorch fp32: output SQNR, top-1/top-5 agreement
 (classifiers), mean-pooled cosine (MiniLM), and Fashion-MNIST test accuracy (small_cnn, at batch 8).
-Latency: median, IQR, min, max over `--repeat` runs after warm-up, on held-out samples stacked to the batch.
+Latency: median, IQR, min, max over `--repeat` runs after warm-up, on held-out samples stacked to the batch,
+each executor timed on its own; and at batch 1 also every executor and build of a model side by side
+(`--rounds` interleaved rounds of 3 calls, order rotated each round: `latency_interleaved_ms`), which is the
+figure to compare rows by on a host whose speed drifts.
 
     python benchmarks/end_to_end.py [--models efficientnet_lite0,minilm_l6,small_cnn] [--fast]
 
@@ -76,8 +79,10 @@ def _torch_batch(samples, batch: int) -> tuple:
 
 
 def tvm_rows(spec, profile, calib, held_out, plans: dict, *, batches=(1, 8), repeat: int = 20,
-             labeled_inputs=None, labeled_batch: int = 8, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Compile each plan at each batch size; {label: {"latency", "outputs", "labeled_outputs", ...}}."""
+             labeled_inputs=None, labeled_batch: int = 8, keep_b1: Optional[dict] = None,
+             log: Callable[[str], None] = lambda m: None) -> dict:
+    """Compile each plan at each batch size; {label: {"latency", "outputs", "labeled_outputs", ...}}.
+    `keep_b1` (a dict) receives each plan's batch-1 build, for the interleaved timing."""
     from tvm_mpq.build import build
     from tvm_mpq.frontend import import_model
     from tvm_mpq.pipeline import make_plan
@@ -108,6 +113,8 @@ def tvm_rows(spec, profile, calib, held_out, plans: dict, *, batches=(1, 8), rep
                 f"(IQR {row['latency'][batch].iqr_ms:.3f}, compile {compiled.compile_seconds:.1f} s)")
             if batch == 1:
                 row["outputs"] = np.concatenate([compiled.run(list(baselines.batch_of([s], 1))) for s in held_out])
+                if keep_b1 is not None:
+                    keep_b1[label] = compiled
             if batch == labeled_batch and labeled_inputs:
                 row["labeled_outputs"] = _run_fixed_batch(compiled, labeled_inputs, batch)
         rows[label] = row
@@ -123,10 +130,27 @@ def _run_fixed_batch(compiled, samples, batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def _interleaved_b1(executors: dict, builds: dict, held_out, rounds: int, log) -> dict:
+    """Batch-1 latency of every executor and build of a model, timed side by side: `rounds` rounds of 3 calls
+    each, the order rotated every round (`interleave`), so that the host's drift hits every row alike."""
+    from benchmarks.timing import callable_sampler
+    from tvm_mpq.build import LatencyStats
+    from tvm_mpq.measure.interleaved import interleave, vm_sampler
+
+    inputs = baselines.batch_of(held_out, 1)
+    samplers = {label: callable_sampler(lambda ex=ex: ex(inputs)) for label, ex in executors.items()}
+    samplers.update({label: vm_sampler(c, list(inputs), calls=3) for label, c in builds.items()})
+    stats = {label: LatencyStats.from_seconds(s, 1) for label, s in interleave(samplers, rounds).items()}
+    log("interleaved batch 1 (" + str(rounds) + " rounds): " +
+        ", ".join(f"{label} {s.median_ms:.3f} ms" for label, s in stats.items()))
+    return stats
+
+
 def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), repeat: int = 20,
                     labeled: int = 1000, include_search_plans: bool = True, tvm_plans: Optional[dict] = None,
-                    onnx_dir=None, log: Callable[[str], None] = print) -> dict:
-    """The JSON-ready rows of one model: every executor's latency per batch and quality."""
+                    onnx_dir=None, rounds: int = 15, log: Callable[[str], None] = print) -> dict:
+    """The JSON-ready rows of one model: every executor's latency per batch and quality; with `rounds` > 0
+    (and an `onnx_dir` that outlives the call) batch 1 is also timed with every row side by side."""
     from tvm_mpq.models import load_model
 
     spec = load_model(name)
@@ -138,13 +162,21 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
         labeled_inputs, labels = inputs[:labeled], list(labels[:labeled])
     plog = lambda m: log(f"[{name}] {m}")  # noqa: E731
     start = time.perf_counter()
-    base = baselines.run_baselines(spec, calib, held_out, batches=batches, repeat=repeat, workdir=onnx_dir,
-                                   labeled_inputs=labeled_inputs, log=plog)
-    plans = dict(HOMOGENEOUS if tvm_plans is None else tvm_plans)
-    if include_search_plans:
-        plans.update(search_plans(name, results_dir()))
-    tvm = tvm_rows(spec, profile, calib, held_out, plans, batches=batches, repeat=repeat,
-                   labeled_inputs=labeled_inputs, log=plog)
+    interleave_b1 = rounds > 0 and 1 in batches and onnx_dir is not None
+    executors, builds = ({}, {}) if interleave_b1 else (None, None)
+    try:
+        base = baselines.run_baselines(spec, calib, held_out, batches=batches, repeat=repeat, workdir=onnx_dir,
+                                       labeled_inputs=labeled_inputs, keep_open=executors, log=plog)
+        plans = dict(HOMOGENEOUS if tvm_plans is None else tvm_plans)
+        if include_search_plans:
+            plans.update(search_plans(name, results_dir()))
+        tvm = tvm_rows(spec, profile, calib, held_out, plans, batches=batches, repeat=repeat,
+                       labeled_inputs=labeled_inputs, keep_b1=builds, log=plog)
+        interleaved = _interleaved_b1(executors, builds, held_out, rounds, plog) if interleave_b1 else {}
+    finally:
+        for ex in (executors or {}).values():
+            if isinstance(ex, baselines.OrtExecutor):
+                ex.close()
 
     reference, mask = base[baselines.TORCH_FP32].outputs, attention_mask(held_out)
     rows = {}
@@ -161,6 +193,8 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
                        "quality": output_quality(reference, r["outputs"], mask)}
         if labels is not None and "labeled_outputs" in r:
             rows[label]["accuracy"] = accuracy(r["labeled_outputs"], labels)
+    for label, stats in interleaved.items():
+        rows[label]["latency_interleaved_ms"] = {"1": stats.to_dict()}
     for label, row in rows.items():
         q = row["quality"]
         log(f"[{name}] {label:<40} " + "  ".join(f"b{b} {s['median_ms']:.3f} ms" for b, s in row["latency_ms"].items())
@@ -172,7 +206,7 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
 
 
 def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), repeat: int = 20, labeled: int = 1000,
-        include_search_plans: bool = True, tvm_plans: Optional[dict] = None,
+        include_search_plans: bool = True, tvm_plans: Optional[dict] = None, rounds: Optional[int] = None,
         log: Callable[[str], None] = print) -> dict:
     set_tvm_threads(THREADS)
     set_torch_threads(THREADS)
@@ -180,13 +214,16 @@ def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), rep
 
     profile = load_profile(hw)
     load_before = os.getloadavg()
+    rounds = (3 if fast else 15) if rounds is None else rounds
     result = {"machine": machine_info(), "profile": profile.name, "target": profile.target, "threads": THREADS,
-              "batches": list(batches), "repeat": repeat, "range_method": RANGE_METHOD, "models": {}}
+              "batches": list(batches), "repeat": repeat, "interleaved_rounds": rounds, "range_method": RANGE_METHOD,
+              "models": {}}
     with tempfile.TemporaryDirectory(prefix="tvm_mpq_onnx_") as tmp:
         for name in models:
             result["models"][name] = benchmark_model(name, profile, fast=fast, batches=batches, repeat=repeat,
                                                      labeled=labeled, include_search_plans=include_search_plans,
-                                                     tvm_plans=tvm_plans, onnx_dir=Path(tmp) / name, log=log)
+                                                     tvm_plans=tvm_plans, onnx_dir=Path(tmp) / name,
+                                                     rounds=rounds, log=log)
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     return _json_safe(result)
 
@@ -251,12 +288,14 @@ def main(argv=None) -> int:
     parser.add_argument("--fast", action="store_true", help="tiny models, few samples and runs (smoke test)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per executor and batch (after warm-up)")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds of the side-by-side batch-1 timing (default 15, --fast 3; 0: none)")
     parser.add_argument("--labeled", type=int, default=1000, help="Fashion-MNIST test images for accuracy")
     parser.add_argument("--out-dir", default=None, help="default benchmarks/results (--fast: benchmarks/results/fast)")
     args = parser.parse_args(argv)
     models = FAST_MODELS if args.fast else tuple(args.models.split(","))
     result = run(models, args.hw, fast=args.fast, batches=tuple(int(b) for b in args.batches.split(",")),
-                 repeat=5 if args.fast else args.repeat, labeled=args.labeled)
+                 repeat=5 if args.fast else args.repeat, labeled=args.labeled, rounds=args.rounds)
     out_dir = Path(args.out_dir) if args.out_dir else results_dir(args.fast)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "end_to_end.json").write_text(json.dumps(result, indent=2))

@@ -56,3 +56,20 @@ def time_callable(fn: Callable[[], object], *, repeat: int = 20, warmup: int = 3
             fn()
         per_repeat.append((time.perf_counter() - start) / number)
     return LatencyStats.from_seconds(per_repeat, number)
+
+
+def callable_sampler(fn: Callable[[], object], calls: int = 3, warmup: int = 2) -> Callable[[], list[float]]:
+    """A sampler for `tvm_mpq.measure.interleaved.interleave`: `calls` timed calls of `fn()` (seconds each),
+    after `warmup` untimed ones on the first use."""
+    for _ in range(warmup):
+        fn()
+
+    def sample() -> list[float]:
+        out = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+        return out
+
+    return sample

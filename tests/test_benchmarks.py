@@ -202,6 +202,10 @@ def test_end_to_end_tiny_cnn_json(tmp_path):
         assert set(row["latency_ms"]) == {"1", "2"}
         for stats in row["latency_ms"].values():
             _stats_sane(stats, 3)
+        # batch 1 also timed side by side with every other row: 3 rounds x 3 calls
+        assert set(row["latency_interleaved_ms"]) == {"1"}, label
+        _stats_sane(row["latency_interleaved_ms"]["1"], 9)
+    assert result["interleaved_rounds"] == 3
     assert rows["PyTorch fp32"]["quality"]["sqnr_db"] is None  # the reference itself (inf → null)
     assert rows["ORT fp32"]["quality"]["sqnr_db"] > 80
     assert rows["TVM FP32"]["quality"]["sqnr_db"] > 80
