@@ -130,6 +130,24 @@ def _run_fixed_batch(compiled, samples, batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
+SETTLE_S = 0.1  # pause before each executor's turn: the previous runtime's worker threads stop spinning
+WARM_CALLS = 3  # untimed calls at the start of each turn: its weights back in cache, its threads awake
+
+
+def _settled(run: Callable[[], object], sampler: Callable[[], list]) -> Callable[[], list]:
+    """`sampler` preceded by a pause and one untimed call. Every runtime here keeps its worker threads
+    spinning for a while after a call (ONNX Runtime, TVM, PyTorch's OpenMP); on 2 cores, an executor
+    timed right after another ran against those spinners (ONNX Runtime fp32 4x slower)."""
+
+    def sample() -> list:
+        time.sleep(SETTLE_S)
+        for _ in range(WARM_CALLS):
+            run()
+        return sampler()
+
+    return sample
+
+
 def _interleaved_b1(executors: dict, builds: dict, held_out, rounds: int, log) -> dict:
     """Batch-1 latency of every executor and build of a model, timed side by side: `rounds` rounds of 3 calls
     each, the order rotated every round (`interleave`), so that the host's drift hits every row alike."""
@@ -138,9 +156,13 @@ def _interleaved_b1(executors: dict, builds: dict, held_out, rounds: int, log) -
     from tvm_mpq.measure.interleaved import interleave, vm_sampler
 
     inputs = baselines.batch_of(held_out, 1)
-    samplers = {label: callable_sampler(lambda ex=ex: ex(inputs)) for label, ex in executors.items()}
-    samplers.update({label: vm_sampler(c, list(inputs), calls=3) for label, c in builds.items()})
-    stats = {label: LatencyStats.from_seconds(s, 1) for label, s in interleave(samplers, rounds).items()}
+    runs = {label: (lambda ex=ex: ex(inputs)) for label, ex in executors.items()}
+    samplers = {label: callable_sampler(fn) for label, fn in runs.items()}
+    for label, c in builds.items():
+        samplers[label] = vm_sampler(c, list(inputs), calls=3)
+        runs[label] = lambda c=c: c.run(list(inputs))
+    stats = {label: LatencyStats.from_seconds(s, 1)
+             for label, s in interleave({k: _settled(runs[k], v) for k, v in samplers.items()}, rounds).items()}
     log("interleaved batch 1 (" + str(rounds) + " rounds): " +
         ", ".join(f"{label} {s.median_ms:.3f} ms" for label, s in stats.items()))
     return stats
