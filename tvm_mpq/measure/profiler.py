@@ -63,6 +63,11 @@ def compile_task(task: Task, target, workdir: Path, tuning_trials: int = 0, tuni
     return path, inputs
 
 
+def _is_scheduled(mod) -> bool:
+    funcs = [f for _, f in mod.functions_items()]
+    return bool(funcs) and all(f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)) for f in funcs)
+
+
 def _tuned_compile(mod, target, trials: int, work_dir: Path):
     """MetaSchedule-tune `mod` and compile it with the best records.
 
@@ -93,10 +98,17 @@ def _tuned_compile(mod, target, trials: int, work_dir: Path):
         database = ms.database.JSONDatabase(work_dir=str(work_dir))
     else:
         builder = ms.builder.LocalBuilder(timeout_sec=120, max_workers=1)  # 2-core hosts time out at 30 s
-        database = ms.relax_integration.tune_relax(
-            mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
-            num_trials_per_iter=min(trials, 64), builder=builder,
-        )
+        # The hand-written kernels are tasks too; MetaSchedule's own check for scheduled ones reads the
+        # task module's attributes, not its function's, so they are dropped here (tuning them fails).
+        tasks = [t for t in ms.relax_integration.extract_tasks(mod, target, params={})
+                 if not _is_scheduled(t.dispatched[0])]
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir))
+        if contexts:
+            database = ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                                     max_trials_global=trials, num_trials_per_iter=min(trials, 64),
+                                     builder=builder)
+        else:
+            database = ms.database.JSONDatabase(work_dir=str(work_dir))
         index[key] = trials
         tmp = index_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(index, indent=1))
