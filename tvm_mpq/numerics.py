@@ -8,12 +8,16 @@ Spec
   int4 weights are stored packed two per byte (see `pack_int4`).
 - Activations: per tensor, asymmetric; 8 bit → uint8 [0, 255], 16 bit → int16 [-32768, 32767].
   The range always contains 0, so zero padding is exact in the quantized domain.
+- Quantizing an activation: round(x × float32(1 / scale)) + zero point, clamped.
 - Rounding: round half to even (np.rint / torch.round / llvm nearbyint); saturating clamp.
 - Accumulation: int32 for 8-bit activations, int64 for 16-bit activations
   (a 16-bit × 8-bit product sum overflows int32 beyond ~500 terms).
-- Requantization: the integer accumulator is scaled back with a float32 multiplier
-  (activation scale × weight scale of the output channel), the bias correction subtracted and the
-  float bias added, in that order.
+- Requantization: the integer accumulator (converted to float32) is divided by the float32 divisor
+  1 / (activation scale × weight scale of the output channel) (`requant_divisor`), the bias correction
+  subtracted and the float bias added, in that order. A division rather than a multiply because TVM's
+  LLVM backend contracts a float multiply followed by an add or subtract (the correction, the bias, a
+  residual add, a pooling sum) into one FMA, which rounds once where the simulator rounds twice; a
+  division is never contracted, so both executors round at the same points.
 - Bias correction: rounding the weights shifts each output channel's mean by E[conv(x, Q(w) - w)];
   the shift is measured on the calibration inputs of the float model (`bias_correction`) and taken
   off the output. It costs nothing at run time (it joins the requantize) and matters most for
@@ -89,6 +93,14 @@ def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def requant_divisor(act_scale, weight_scale) -> np.ndarray:
+    """float32 divisor that scales an integer accumulator back to float: 1 / (act_scale × weight_scale),
+    each factor and the product and quotient rounded to float32 (one value per output channel, or a
+    scalar for two activation scales)."""
+    mult = (np.float32(act_scale) * np.asarray(weight_scale, np.float32)).astype(np.float32)
+    return (np.float32(1.0) / mult).astype(np.float32)
+
+
 def dequantize_weight(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     bshape = (-1,) + (1,) * (q.ndim - 1)
     return (q.astype(np.float32) * scale.reshape(bshape)).astype(np.float32)
@@ -155,6 +167,12 @@ class ActEncoding:
         return act_dtype(self.bits)
 
     @property
+    def inv_scale(self) -> float:
+        """float32 1 / scale: quantizing multiplies by it (a multiply is cheaper than a division, and the
+        rounding that follows keeps the compiler from contracting it into an FMA)."""
+        return float(np.float32(1.0) / np.float32(self.scale))
+
+    @property
     def qmin(self) -> int:
         return act_qrange(self.bits)[0]
 
@@ -195,7 +213,7 @@ def encoding_from_range(lo: float, hi: float, bits: int) -> ActEncoding:
 
 
 def quantize_act(x: np.ndarray, enc: ActEncoding) -> np.ndarray:
-    q = np.rint(np.asarray(x, np.float32) / np.float32(enc.scale)) + enc.zero_point
+    q = np.rint(np.asarray(x, np.float32) * np.float32(enc.inv_scale)) + enc.zero_point
     return np.clip(q, enc.qmin, enc.qmax).astype(enc.dtype)
 
 

@@ -138,23 +138,23 @@ class SimLayer(torch.nn.Module):
     def _integer_forward(self, inputs, c: Candidate):
         ints = []
         for x, enc in zip(inputs, self.encodings):
-            q = torch.clamp(torch.round(x / enc.scale) + enc.zero_point, enc.qmin, enc.qmax)
+            q = torch.clamp(torch.round(x * enc.inv_scale) + enc.zero_point, enc.qmin, enc.qmax)
             ints.append(q - enc.zero_point)
         span = [float(enc.qmax - enc.qmin) for enc in self.encodings]
         if self.layer.op_type == "matmul":
             bound = span[0] * span[1] * self.layer.workload.input_shape[-1]
-            weight, mult = None, np.float32(np.float32(self.encodings[0].scale) * np.float32(self.encodings[1].scale))
-            mult = torch.tensor(mult)
+            weight = None
+            divisor = torch.tensor(numerics.requant_divisor(self.encodings[0].scale, self.encodings[1].scale))
         else:
             weight, w_scale, l1 = self.integer_weight(c.weight_bits)
             bound = span[0] * l1
-            mult = torch.from_numpy((np.float32(self.encodings[0].scale) * w_scale).astype(np.float32))
-            mult = mult.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else mult
+            divisor = torch.from_numpy(numerics.requant_divisor(self.encodings[0].scale, w_scale))
+            divisor = divisor.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else divisor
         if bound >= 2**24:
             ints = [t.double() for t in ints]
             weight = None if weight is None else weight.double()
         acc = self._compute(ints, weight, None).float()
-        y = acc * mult
+        y = acc / divisor
         if self.correction is not None:  # before the bias, as the lowering orders it (float adds do not commute)
             y = y - (self.correction.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else self.correction)
         if self.bias is not None:

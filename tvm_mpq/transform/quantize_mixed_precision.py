@@ -135,8 +135,8 @@ class _Rewriter(PyExprMutator):
 
 
 def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
-    """x (float32) → clip(round(x / scale) + zero_point) in the encoding's integer dtype."""
-    y = relax.op.divide(x, relax.const(np.float32(enc.scale), "float32"))
+    """x (float32) → clip(round(x × (1 / scale)) + zero_point) in the encoding's integer dtype."""
+    y = relax.op.multiply(x, relax.const(np.float32(enc.inv_scale), "float32"))
     y = relax.op.add(relax.op.round(y), relax.const(np.float32(enc.zero_point), "float32"))
     y = relax.op.clip(y, float(enc.qmin), float(enc.qmax))
     return bb.emit(relax.op.astype(y, enc.dtype))
@@ -215,8 +215,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                 kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
                 primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
-        mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, -1, 1, 1)
-        return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult)))
+        divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, -1, 1, 1)
+        return bb.emit(relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor)))
     if layer.op_type == "linear":
         x = args[0]
         k, n = wl.weight_shape[1], wl.weight_shape[0]
@@ -232,8 +232,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
                 in_features=k, acc_dtype=cand.acc_dtype, primfunc_name_hint=_tagged(tag, "qdense"),
             )
-        mult = (np.float32(encs[0].scale) * w_scale).astype(np.float32).reshape(1, n)
-        y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult))
+        divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, n)
+        y = relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor))
         if len(wl.input_shape) != 2:
             y = relax.op.reshape(bb.emit(y), tuple(wl.output_shape))
         return bb.emit(y)
@@ -247,8 +247,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
             acc_dtype=cand.acc_dtype, primfunc_name_hint=_tagged(tag, "qbatch_matmul"),
         )
-    mult = np.float32(np.float32(encs[0].scale) * np.float32(encs[1].scale))
-    return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(mult, "float32")))
+    divisor = numerics.requant_divisor(encs[0].scale, encs[1].scale)
+    return bb.emit(relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor, "float32")))
 
 
 def _emit_float32_avx2(bb, layer: Layer, args, weight, tag: str = ""):
