@@ -1,9 +1,11 @@
-"""What the int8 epilogue and softmax schedules are worth, measured in one run on this machine.
+"""What the epilogue, packing and softmax choices of the CPU pipeline are worth, measured in one run.
 
-Each model is compiled twice per plan — with the project's CPU pipeline as it is, and with the two changes
-switched off (the requantize fused into the int16 operand packing, as FuseOps would do; TOPI's one-function
-softmax) — and all builds are timed side by side in interleaved rounds (`tvm_mpq.measure.interleaved`).
-Outputs of the two builds of a plan are checked to be identical (softmax: within float32 rounding).
+Each model is compiled three times per plan — with the project's CPU pipeline as it is; with the
+elementwise chains after the AVX2 kernels left as separate fused functions instead of stored by the
+kernels (`transform.fuse_epilogues` off); and additionally with the requantize fused into the int16
+operand packing, as FuseOps would do, and TOPI's one-function softmax — and all builds are timed side by
+side in interleaved rounds (`tvm_mpq.measure.interleaved`). Outputs of every build of a plan are checked
+against the current one (identical; softmax: within float32 rounding).
 
     python benchmarks/epilogues.py [--models efficientnet_lite0,minilm_l6] [--plans W8A8,FP32] [--rounds 20]
 
@@ -45,13 +47,14 @@ def _builds(name: str, plans, variants) -> tuple[dict, dict, list]:
     try:
         for cand in plans:
             plan = resolve(homogeneous_plan(graph, profile, cand, synthetic_ranges(graph), model=name), graph, profile)
-            for label, (unfused, split) in variants.items():
+            for label, (unfused, split, kernel_epilogues) in variants.items():
                 low.UNFUSED_PACKING, cpu_schedule.SPLIT_SOFTMAX = unfused, split
+                cpu_schedule.FUSE_KERNEL_EPILOGUES = kernel_epilogues
                 t = time.perf_counter()
                 compiled[f"{cand} {label}"] = build(imported, plan, profile.tvm_target())
                 compile_s[f"{cand} {label}"] = time.perf_counter() - t
     finally:
-        low.UNFUSED_PACKING, cpu_schedule.SPLIT_SOFTMAX = True, True
+        low.UNFUSED_PACKING, cpu_schedule.SPLIT_SOFTMAX, cpu_schedule.FUSE_KERNEL_EPILOGUES = True, True, True
     inputs = [np.ascontiguousarray(a.numpy()) for a in imported.example_inputs]
     return compiled, compile_s, inputs
 
@@ -59,7 +62,8 @@ def _builds(name: str, plans, variants) -> tuple[dict, dict, list]:
 def run(models, plans, rounds: int) -> dict:
     from tvm_mpq.measure.interleaved import time_compiled
 
-    variants = {"current": (True, True), "fused packing, TOPI softmax": (False, False)}
+    variants = {"current": (True, True, True), "epilogues after the kernels": (True, True, False),
+                "and fused packing, TOPI softmax": (False, False, False)}
     out = {"machine": machine_info(), "rounds": rounds, "calls_per_round": 3, "variants": list(variants), "models": {}}
     for name in models:
         compiled, compile_s, inputs = _builds(name, plans, variants)
@@ -67,14 +71,19 @@ def run(models, plans, rounds: int) -> dict:
         stats = time_compiled(compiled, inputs, rounds=rounds, calls=3)
         rows = {}
         for cand in plans:
-            cur, old = f"{cand} current", f"{cand} fused packing, TOPI softmax"
-            diff = float(np.abs(outputs[cur].astype(np.float64) - outputs[old].astype(np.float64)).max())
-            rows[cand] = {"current": stats[cur].to_dict(), "previous": stats[old].to_dict(),
-                          "ratio_current_over_previous": stats[cur].median_ms / stats[old].median_ms,
-                          "max_abs_output_difference": diff,
-                          "compile_s": {"current": compile_s[cur], "previous": compile_s[old]}}
-            print(f"[epilogues] {name} {cand}: {stats[cur].median_ms:.2f} ms vs {stats[old].median_ms:.2f} ms "
-                  f"before ({rows[cand]['ratio_current_over_previous']:.2f}x), max output diff {diff:.3g}", flush=True)
+            cur = f"{cand} current"
+            row = {"current": stats[cur].to_dict(), "compile_s": {"current": compile_s[cur]}, "variants": {}}
+            for label in list(variants)[1:]:
+                key = f"{cand} {label}"
+                diff = float(np.abs(outputs[cur].astype(np.float64) - outputs[key].astype(np.float64)).max())
+                row["variants"][label] = {"latency": stats[key].to_dict(),
+                                          "ratio_current_over_variant": stats[cur].median_ms / stats[key].median_ms,
+                                          "max_abs_output_difference": diff, "compile_s": compile_s[key]}
+                print(f"[epilogues] {name} {cand}: current {stats[cur].median_ms:.2f} ms vs {label} "
+                      f"{stats[key].median_ms:.2f} ms "
+                      f"({row['variants'][label]['ratio_current_over_variant']:.2f}x), max output diff {diff:.3g}",
+                      flush=True)
+            rows[cand] = row
         out["models"][name] = rows
     return out
 

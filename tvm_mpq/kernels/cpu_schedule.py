@@ -19,6 +19,8 @@ time of an int8 model's epilogues). `enable_vector_nearbyint` marks it: LLVM's `
 
 from __future__ import annotations
 
+from typing import Optional
+
 import tvm
 from tvm import tirx
 from tvm.s_tir import dlight as dl
@@ -144,8 +146,17 @@ def _fast_softmax(bb, call):
     return bb.call_te(topi.divide, e, total, primfunc_name_hint="softmax_div")
 
 
-def cpu_pipeline(target, fast_math: bool = True) -> tvm.transform.Pass:
+# The elementwise chain after each hand-written AVX2 kernel is stored by the kernel itself (a switch for
+# benchmarks/epilogues.py, which measures what that is worth).
+FUSE_KERNEL_EPILOGUES = True
+
+
+def cpu_pipeline(target, fast_math: bool = True, fuse_kernel_epilogues: Optional[bool] = None) -> tvm.transform.Pass:
     """TVM's default Relax CPU pipeline with `cpu_schedule_pass` after operator fusion.
+
+    `fuse_kernel_epilogues` (None: `FUSE_KERNEL_EPILOGUES`): the elementwise chains after the hand-written
+    AVX2 kernels (requantize, bias, activation, next quantize) are first moved into the kernels' stores
+    (`transform.fuse_epilogues`).
 
     `fast_math`: exp, erf, tanh and sigmoid of the float parts (softmax, GELU) become TVM's vectorizable
     polynomial approximations (`relax.transform.FastMathTransform`) instead of scalar libm calls; their
@@ -157,8 +168,14 @@ def cpu_pipeline(target, fast_math: bool = True) -> tvm.transform.Pass:
 
     enable_vector_nearbyint()
 
+    from ..transform.fuse_epilogues import fuse_epilogues
+
+    fuse = FUSE_KERNEL_EPILOGUES if fuse_kernel_epilogues is None else fuse_kernel_epilogues
+
     @tvm.transform.module_pass(opt_level=0, name="TvmMpqCPUPipeline")
     def _pipeline(mod, _ctx):
+        if fuse:
+            mod = fuse_epilogues(mod)
         with target:
             legalize = {"relax.nn.gelu": _fast_gelu}
             if SPLIT_SOFTMAX:

@@ -28,11 +28,16 @@ Operands are padded to whole tiles (zeros); the output is written unpadded (edge
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from tvm import te, tirx
 from tvm.script import tirx as T
+
+from .epilogue import Epilogue, to_float
 
 __all__ = [
     "GemmTiling", "choose_tiling", "gemm_func", "pack_rows", "pack_panels", "pack_conv_panels",
@@ -108,8 +113,40 @@ def _mac_macro(is_int: bool):
     return mac
 
 
+def _outputs(epilogue, acc_t: str, channels: int, channel: str):
+    """(output dtype, parameter buffer length, out_vec, out_scalar) of a kernel with `epilogue` (None: the
+    accumulator is stored as it is). out_vec(P, v, row, col) → what to store for the accumulator vector `v`
+    of output row `row`, columns col..col+7; out_scalar the same for one element. `channel` says which
+    index picks the per-channel operands: "row", "col" or "none" (the operands are scalars)."""
+    if epilogue is None:
+        return acc_t, 0, (lambda P, v, row, col: v), (lambda P, v, row, col: v)
+    if channel not in ("row", "col", "none"):
+        raise ValueError(f"channel must be 'row', 'col' or 'none', got {channel!r}")
+    n_ch = 1 if channel == "none" else channels
+
+    def out_vec(P, v, row, col):
+        def param(k):
+            if channel == "col":
+                return P[T.ramp(k * n_ch + col, 1, VEC)]
+            return T.broadcast(P[k * n_ch + (row if channel == "row" else 0)], VEC)
+        return epilogue.apply(to_float(v, VEC, acc_t), VEC, param)
+
+    def out_scalar(P, v, row, col):
+        def param(k):
+            return P[k * n_ch + (row if channel == "row" else col if channel == "col" else 0)]
+        return epilogue.apply(to_float(v, 1, acc_t), 1, param)
+
+    return epilogue.out_dtype, max(1, epilogue.n_vectors * n_ch), out_vec, out_scalar
+
+
+def _with_spec(func, kind: str, **params):
+    """Attach what rebuilding the kernel with an epilogue takes (see `rebuild_with_epilogue`)."""
+    return func.with_attr("mpq_kernel", json.dumps({"kind": kind, "params": params}))
+
+
 def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: str = "int16",
-              a_batched: bool = True, b_batched: bool = True, out_shape=None):
+              a_batched: bool = True, b_batched: bool = True, out_shape=None,
+              epilogue: Optional[Epilogue] = None, channel: str = "none"):
     """TVMScript PrimFunc ``gemm(A, B, C)`` with the packed layouts of the module docstring.
 
     dtype "int16": A int32 [Ba, Mp, K2] (int16 pairs), B int16 [Bb, NP, K2, NB, 2], C int32 [batch, m, n].
@@ -117,6 +154,9 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     `a_batched` / `b_batched` False: one operand shared by every batch (e.g. the weights). `out_shape`: the
     shape C is declared with (any shape of batch * m * n elements, e.g. NCHW for a conv), so that no
     reshape sits between the kernel and the elementwise function that consumes it.
+    `epilogue`: ``gemm(A, B, P, C)`` applies it to the register tile and stores its dtype; P float32
+    [n_vectors, m or n] holds its per-channel operands, the channel being the row (`channel` "row"),
+    the column ("col") or neither ("none").
     """
     if dtype == "int16":
         if k > MAX_EXACT_K:
@@ -146,16 +186,16 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     c_shape = tuple(int(v) for v in out_shape) if out_shape is not None else (batch, m, n)
     if int(np.prod(c_shape)) != batch * m * n:
         raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
+    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, m if channel == "row" else n, channel)
 
     mac = _mac_macro(is_int)
     zero = T.int32(0) if is_int else T.float32(0)
 
-    @T.prim_func
-    def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), C_nd: T.Buffer(c_shape, acc_t)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    @T.macro
+    def body(A, B, P, C_nd):
         Af = T.decl_buffer((ba * mp * kk,), a_t, data=A.data)
         Bf = T.decl_buffer((bb * npan * kk * nb * pair,), b_t, data=B.data)
-        C = T.decl_buffer((batch * m * n,), acc_t, data=C_nd.data)
+        C = T.decl_buffer((batch * m * n,), out_t, data=C_nd.data)
         for task in T.parallel(tasks):
             # scope "global" under the 1 KiB limit is a stack alloca, which LLVM promotes to registers
             acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
@@ -176,8 +216,8 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                     if m0 + mr <= m and no * nb + nb <= n:
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
-                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * VEC, 1, VEC)] = \
-                                    acc[T.ramp((i * nr + j) * VEC, 1, VEC)]
+                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * VEC, 1, VEC)] = out_vec(
+                                    P, acc[T.ramp((i * nr + j) * VEC, 1, VEC)], m0 + i, no * nb + j * VEC)
                     else:
                         # edge tile: copy out with constant indices (keeps `acc` in registers), then mask
                         for t in T.unroll(mr * nr):
@@ -185,9 +225,23 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                         for i in range(mr):
                             for jl in range(nb):
                                 if m0 + i < m and no * nb + jl < n:
-                                    C[(b_ * m + m0 + i) * n + no * nb + jl] = edge[i * nb + jl]
+                                    C[(b_ * m + m0 + i) * n + no * nb + jl] = out_scalar(
+                                        P, edge[i * nb + jl], m0 + i, no * nb + jl)
 
-    return gemm
+    if epilogue is None:
+        @T.prim_func
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), C_nd: T.Buffer(c_shape, out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, B, None, C_nd)
+    else:
+        @T.prim_func
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), P: T.Buffer((n_par,), "float32"),
+                 C_nd: T.Buffer(c_shape, out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, B, P, C_nd)
+
+    return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc], dtype=dtype,
+                      a_batched=a_batched, b_batched=b_batched, out_shape=list(c_shape))
 
 
 # -------------------------------------------------------------------------- packing (TE, at runtime)
@@ -404,7 +458,8 @@ def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16") -> np.nd
 
 
 def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_dtype: str,
-                   data_zero_point: int = 0, out_dtype: str = "float32"):
+                   data_zero_point: int = 0, out_dtype: str = "float32", epilogue: Optional[Epilogue] = None,
+                   channel: str = "row"):
     """PrimFunc ``main(data, weight, out)`` of a depthwise conv (one filter per channel) on float32 FMA.
 
     data [N, C, H, W] (uint8/int16 with `data_zero_point`, or float32), weight [C, KH*KW] float32 (integer
@@ -413,6 +468,8 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     KH*KW of them stays below 2^24, where float32 represents integers exactly (checked).
     One parallel task per (image, channel): the channel's zero-padded plane (zero point removed) is built in
     the task, then each output row is computed 8 columns at a time with one FMA per tap.
+    `epilogue` (per-channel operands by channel, `channel` "row"): ``main(data, weight, P, out)`` applies it
+    to the float accumulators (exact integers, so the same as after the int32 store) and stores its dtype.
     """
     n_, c_, h_, w_ = (int(v) for v in data_shape)
     kh, kw = (int(v) for v in kernel_size)
@@ -438,12 +495,16 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     wq = xgroups * unroll * VEC + ((kw - 1) * dw) // sw + 1
     plane_size = sw * hp * wq
 
-    @T.prim_func
-    def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
-             Y_nd: T.Buffer((n_, c_, oh, ow), out_dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    store_t, n_par, out_vec, out_scalar = _outputs(epilogue, "float32", c_, channel)
+    if epilogue is None:  # the accumulator is stored cast to `out_dtype`
+        store_t = out_dtype
+        out_vec = lambda P, v, row, col: T.Cast(out_dtype + "x8", v)  # noqa: E731
+        out_scalar = lambda P, v, row, col: T.Cast(out_dtype, v)  # noqa: E731
+
+    @T.macro
+    def body(X_nd, Wt, P, Y_nd):
         X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
-        Y = T.decl_buffer((n_ * c_ * oh * ow,), out_dtype, data=Y_nd.data)
+        Y = T.decl_buffer((n_ * c_ * oh * ow,), store_t, data=Y_nd.data)
         for task in T.parallel(n_ * c_):
             plane = T.alloc_buffer((plane_size,), "float32", scope="global")
             acc = T.alloc_buffer((unroll * VEC,), "float32", scope="global")
@@ -471,14 +532,29 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                     acc[T.ramp(u * VEC, 1, VEC)])
                     for u in T.unroll(unroll):
                         if xg * unroll + u < full:
-                            Y[T.ramp((task * oh + oy) * ow + (xg * unroll + u) * VEC, 1, VEC)] = T.Cast(
-                                out_dtype + "x8", acc[T.ramp(u * VEC, 1, VEC)])
+                            Y[T.ramp((task * oh + oy) * ow + (xg * unroll + u) * VEC, 1, VEC)] = out_vec(
+                                P, acc[T.ramp(u * VEC, 1, VEC)], c, 0)
                         elif xg * unroll + u < xblocks:
                             edge[T.ramp(0, 1, VEC)] = acc[T.ramp(u * VEC, 1, VEC)]
                             for xt in range(ow - full * VEC):
-                                Y[(task * oh + oy) * ow + full * VEC + xt] = T.Cast(out_dtype, edge[xt])
+                                Y[(task * oh + oy) * ow + full * VEC + xt] = out_scalar(P, edge[xt], c, 0)
 
-    return main
+    if epilogue is None:
+        @T.prim_func
+        def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
+                 Y_nd: T.Buffer((n_, c_, oh, ow), store_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(X_nd, Wt, None, Y_nd)
+    else:
+        @T.prim_func
+        def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
+                 P: T.Buffer((n_par,), "float32"), Y_nd: T.Buffer((n_, c_, oh, ow), store_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(X_nd, Wt, P, Y_nd)
+
+    return _with_spec(main, "depthwise", data_shape=[n_, c_, h_, w_], kernel_size=[kh, kw], strides=[sh, sw],
+                      padding=[pt, pl, pb, pr], dilation=[dh, dw], data_dtype=data_dtype,
+                      data_zero_point=int(data_zero_point), out_dtype=out_dtype)
 
 
 # ------------------------------------------------------------------------ direct conv (KxK, strided)
@@ -578,10 +654,12 @@ def pack_direct_conv_weight(w: np.ndarray, mr: int, dtype: str = "int16") -> np.
     return pairs.view(np.int32).reshape(1, mp, c2 * kh * kw).copy()
 
 
-def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "int16"):
+def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "int16", *,
+                     epilogue: Optional[Epilogue] = None, channel: str = "row"):
     """PrimFunc ``main(A, X, C)``: conv of the packed input X with packed weights A → C [N, O, OH, OW]
     (int32, or float32). One task per (image, output row, column block, row chunk); the MR x NR register
-    tile accumulates over channel pairs x taps with `vpmaddwd` (float32: FMA)."""
+    tile accumulates over channel pairs x taps with `vpmaddwd` (float32: FMA). `epilogue` (per-channel
+    operands by output channel, `channel` "row"): ``main(A, X, P, C)``, as `gemm_func`."""
     is_int = dtype == "int16"
     pair = 2 if is_int else 1
     cc = _ceil(g.c, 2) if is_int else g.c  # reduction over channel pairs (or channels)
@@ -608,12 +686,13 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     mac = _mac_macro(is_int)
     zero = T.int32(0) if is_int else T.float32(0)
 
-    @T.prim_func
-    def main(A: T.Buffer((1, mp, kk), a_t), X_nd: T.Buffer(x_shape, x_t), C_nd: T.Buffer((g.n, o, oh, ow), acc_t)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, o, channel)
+
+    @T.macro
+    def body(A, X_nd, P, C_nd):
         Af = T.decl_buffer((mp * kk,), a_t, data=A.data)
         Xf = T.decl_buffer((g.n * image,), x_t, data=X_nd.data)
-        C = T.decl_buffer((g.n * o * oh * ow,), acc_t, data=C_nd.data)
+        C = T.decl_buffer((g.n * o * oh * ow,), out_t, data=C_nd.data)
         for task in T.parallel(tasks):
             acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
             edge = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
@@ -639,13 +718,77 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
                                 C[T.ramp(((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + j * VEC, 1, VEC)] = \
-                                    acc[T.ramp((i * nr + j) * VEC, 1, VEC)]
+                                    out_vec(P, acc[T.ramp((i * nr + j) * VEC, 1, VEC)], m0 + i, 0)
                     else:
                         for t in T.unroll(mr * nr):
                             edge[T.ramp(t * VEC, 1, VEC)] = acc[T.ramp(t * VEC, 1, VEC)]
                         for i in range(mr):
                             for jl in range(nb):
                                 if m0 + i < o and bx * nb + jl < ow:
-                                    C[((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + jl] = edge[i * nb + jl]
+                                    C[((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + jl] = \
+                                        out_scalar(P, edge[i * nb + jl], m0 + i, 0)
 
-    return main
+    if epilogue is None:
+        @T.prim_func
+        def main(A: T.Buffer((1, mp, kk), a_t), X_nd: T.Buffer(x_shape, x_t), C_nd: T.Buffer((g.n, o, oh, ow), out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, X_nd, None, C_nd)
+    else:
+        @T.prim_func
+        def main(A: T.Buffer((1, mp, kk), a_t), X_nd: T.Buffer(x_shape, x_t), P: T.Buffer((n_par,), "float32"),
+                 C_nd: T.Buffer((g.n, o, oh, ow), out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, X_nd, P, C_nd)
+
+    return _with_spec(main, "direct_conv", geometry=dataclasses.asdict(g), tiling=[mr, nr, mc], dtype=dtype)
+
+
+# ------------------------------------------------------------------------------- fused epilogues
+
+
+def kernel_spec(func) -> Optional[dict]:
+    """What `func` was built from ({"kind", "params"}), for a kernel of this module; None otherwise."""
+    attrs = func.attrs
+    if attrs is None or "mpq_kernel" not in attrs:
+        return None
+    return json.loads(str(attrs["mpq_kernel"]))
+
+
+def epilogue_geometry(spec: dict) -> tuple[int, int, tuple[str, ...], str, bool]:
+    """(rows m, columns n, channel modes, dtype of the stored accumulator, whether the output may be
+    declared with another shape) of a kernel spec: an output element's channel is its row ("row") or its
+    column ("col"); a conv's rows are its output channels and its columns its pixels."""
+    kind, p = spec["kind"], spec["params"]
+    if kind == "gemm":
+        return p["m"], p["n"], ("row", "col"), "int32" if p["dtype"] == "int16" else "float32", True
+    if kind == "direct_conv":
+        g = p["geometry"]
+        geo = DirectConvGeometry(**g)
+        return g["o"], geo.oh * geo.ow, ("row",), "int32" if p["dtype"] == "int16" else "float32", False
+    if kind == "depthwise":
+        n_, c_, h_, w_ = p["data_shape"]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = p["kernel_size"], p["strides"], p["padding"], p["dilation"]
+        oh = (h_ + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        return c_, oh * ow, ("row",), p["out_dtype"], False
+    raise ValueError(f"unknown kernel kind {kind!r}")
+
+
+def rebuild_with_epilogue(spec: dict, epilogue: Epilogue, channel: str, out_shape) -> tirx.PrimFunc:
+    """The kernel of `spec` again, storing `epilogue` of its accumulator; `out_shape` (same element
+    count) for kernels that may declare their output with another shape."""
+    kind, p = spec["kind"], dict(spec["params"])
+    if kind == "gemm":
+        p["tiling"] = GemmTiling(*p["tiling"])
+        p["out_shape"] = tuple(out_shape)
+        return gemm_func(p.pop("batch"), p.pop("m"), p.pop("n"), p.pop("k"), p.pop("tiling"), **p,
+                         epilogue=epilogue, channel=channel)
+    if kind == "direct_conv":
+        return direct_conv_func(DirectConvGeometry(**p["geometry"]), GemmTiling(*p["tiling"]), p["dtype"],
+                                epilogue=epilogue, channel=channel)
+    if kind == "depthwise":
+        shape = p.pop("data_shape")
+        ks = p.pop("kernel_size")
+        return depthwise_func(shape, ks, **p, epilogue=epilogue, channel=channel)
+    raise ValueError(f"unknown kernel kind {kind!r}")
+
