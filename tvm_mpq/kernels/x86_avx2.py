@@ -29,6 +29,7 @@ Operands are padded to whole tiles (zeros); the output is written unpadded (edge
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from typing import Optional
@@ -776,7 +777,15 @@ def epilogue_geometry(spec: dict) -> tuple[int, int, tuple[str, ...], str, bool]
 
 def rebuild_with_epilogue(spec: dict, epilogue: Epilogue, channel: str, out_shape) -> tirx.PrimFunc:
     """The kernel of `spec` again, storing `epilogue` of its accumulator; `out_shape` (same element
-    count) for kernels that may declare their output with another shape."""
+    count) for kernels that may declare their output with another shape. Cached: parsing the TVMScript
+    is most of the cost, and the same layer is rebuilt by every build of a model in a process (profiling,
+    the search's measured choice); PrimFuncs are immutable, so modules can share them."""
+    return _rebuild(json.dumps(spec, sort_keys=True), epilogue, channel, tuple(int(v) for v in out_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _rebuild(spec_json: str, epilogue: Epilogue, channel: str, out_shape: tuple) -> tirx.PrimFunc:
+    spec = json.loads(spec_json)
     kind, p = spec["kind"], dict(spec["params"])
     if kind == "gemm":
         p["tiling"] = GemmTiling(*p["tiling"])
