@@ -114,13 +114,16 @@ def _mac_macro(is_int: bool):
     return mac
 
 
-def _outputs(epilogue, acc_t: str, channels: int, channel: str):
+def _outputs(epilogue, acc_t: str, channels: int, channel: str, plain_dtype: Optional[str] = None):
     """(output dtype, parameter buffer length, out_vec, out_scalar) of a kernel with `epilogue` (None: the
-    accumulator is stored as it is). out_vec(P, v, row, col) → what to store for the accumulator vector `v`
-    of output row `row`, columns col..col+7; out_scalar the same for one element. `channel` says which
-    index picks the per-channel operands: "row", "col" or "none" (the operands are scalars)."""
+    accumulator is stored as it is, or cast to `plain_dtype`). out_vec(P, v, row, col) → what to store for
+    the accumulator vector `v` of output row `row`, columns col..col+7; out_scalar the same for one element.
+    `channel` says which index picks the per-channel operands: "row", "col" or "none" (scalar operands)."""
     if epilogue is None:
-        return acc_t, 0, (lambda P, v, row, col: v), (lambda P, v, row, col: v)
+        if plain_dtype is None or plain_dtype == acc_t:
+            return acc_t, 0, (lambda P, v, row, col: v), (lambda P, v, row, col: v)
+        return (plain_dtype, 0, (lambda P, v, row, col: T.Cast(plain_dtype + "x8", v)),
+                (lambda P, v, row, col: T.Cast(plain_dtype, v)))
     if channel not in ("row", "col", "none"):
         raise ValueError(f"channel must be 'row', 'col' or 'none', got {channel!r}")
     n_ch = 1 if channel == "none" else channels
@@ -496,11 +499,8 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     wq = xgroups * unroll * VEC + ((kw - 1) * dw) // sw + 1
     plane_size = sw * hp * wq
 
-    store_t, n_par, out_vec, out_scalar = _outputs(epilogue, "float32", c_, channel)
-    if epilogue is None:  # the accumulator is stored cast to `out_dtype`
-        store_t = out_dtype
-        out_vec = lambda P, v, row, col: T.Cast(out_dtype + "x8", v)  # noqa: E731
-        out_scalar = lambda P, v, row, col: T.Cast(out_dtype, v)  # noqa: E731
+    # float accumulators, stored cast to `out_dtype` (or through the epilogue)
+    store_t, n_par, out_vec, out_scalar = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype)
 
     @T.macro
     def body(X_nd, Wt, P, Y_nd):
