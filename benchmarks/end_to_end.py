@@ -170,9 +170,11 @@ def _interleaved_b1(executors: dict, builds: dict, held_out, rounds: int, log) -
 
 def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), repeat: int = 20,
                     labeled: int = 1000, include_search_plans: bool = True, tvm_plans: Optional[dict] = None,
-                    onnx_dir=None, rounds: int = 15, log: Callable[[str], None] = print) -> dict:
+                    onnx_dir=None, rounds: int = 15, plans_dir: Optional[Path] = None,
+                    log: Callable[[str], None] = print) -> dict:
     """The JSON-ready rows of one model: every executor's latency per batch and quality; with `rounds` > 0
-    (and an `onnx_dir` that outlives the call) batch 1 is also timed with every row side by side."""
+    (and an `onnx_dir` that outlives the call) batch 1 is also timed with every row side by side. Search
+    plans are read from `plans_dir`/search_*/ (default benchmarks/results)."""
     from tvm_mpq.models import load_model
 
     spec = load_model(name)
@@ -191,7 +193,7 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
                                        labeled_inputs=labeled_inputs, keep_open=executors, log=plog)
         plans = dict(HOMOGENEOUS if tvm_plans is None else tvm_plans)
         if include_search_plans:
-            plans.update(search_plans(name, results_dir()))
+            plans.update(search_plans(name, plans_dir or results_dir()))
         tvm = tvm_rows(spec, profile, calib, held_out, plans, batches=batches, repeat=repeat,
                        labeled_inputs=labeled_inputs, keep_b1=builds, log=plog)
         interleaved = _interleaved_b1(executors, builds, held_out, rounds, plog) if interleave_b1 else {}
@@ -229,7 +231,7 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
 
 def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), repeat: int = 20, labeled: int = 1000,
         include_search_plans: bool = True, tvm_plans: Optional[dict] = None, rounds: Optional[int] = None,
-        log: Callable[[str], None] = print) -> dict:
+        plans_dir: Optional[Path] = None, log: Callable[[str], None] = print) -> dict:
     set_tvm_threads(THREADS)
     set_torch_threads(THREADS)
     from tvm_mpq.hardware import load_profile
@@ -245,7 +247,7 @@ def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), rep
             result["models"][name] = benchmark_model(name, profile, fast=fast, batches=batches, repeat=repeat,
                                                      labeled=labeled, include_search_plans=include_search_plans,
                                                      tvm_plans=tvm_plans, onnx_dir=Path(tmp) / name,
-                                                     rounds=rounds, log=log)
+                                                     rounds=rounds, plans_dir=plans_dir, log=log)
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     return _json_safe(result)
 
@@ -314,10 +316,14 @@ def main(argv=None) -> int:
                         help="interleaved rounds of the side-by-side batch-1 timing (default 15, --fast 3; 0: none)")
     parser.add_argument("--labeled", type=int, default=1000, help="Fashion-MNIST test images for accuracy")
     parser.add_argument("--out-dir", default=None, help="default benchmarks/results (--fast: benchmarks/results/fast)")
+    parser.add_argument("--plans-dir", default=None,
+                        help="where the search_*/plan.yaml to compare are (default benchmarks/results), e.g. the "
+                             "searches of another machine's results folder")
     args = parser.parse_args(argv)
     models = FAST_MODELS if args.fast else tuple(args.models.split(","))
     result = run(models, args.hw, fast=args.fast, batches=tuple(int(b) for b in args.batches.split(",")),
-                 repeat=5 if args.fast else args.repeat, labeled=args.labeled, rounds=args.rounds)
+                 repeat=5 if args.fast else args.repeat, labeled=args.labeled, rounds=args.rounds,
+                 plans_dir=Path(args.plans_dir) if args.plans_dir else None)
     out_dir = Path(args.out_dir) if args.out_dir else results_dir(args.fast)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "end_to_end.json").write_text(json.dumps(result, indent=2))

@@ -124,6 +124,8 @@ def test_pack_pairs_matches_the_te_packing(shape, nb, zp, conv):
     (4, 15, 15, 5, 2, (2, 2, 2, 2), 0),
     (2, 7, 7, 5, 1, (2, 2, 2, 2), 255),
     (3, 20, 20, 3, 1, (0, 0, 0, 0), 3),     # no padding, width not a multiple of 8
+    (2, 17, 37, 3, 1, (1, 1, 1, 1), 9),     # 17 output rows: the last row group runs past the output
+    (2, 30, 6, 5, 2, (1, 2, 2, 1), 1),      # rows in groups of 8, more rows than columns
 ])
 def test_depthwise_int_bit_exact(c, h, w, ks, stride, pad, zp):
     rng = np.random.default_rng(c * 100 + h)

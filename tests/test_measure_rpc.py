@@ -7,12 +7,14 @@ import math
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tvm_mpq.measure import LocalRunner, MeasureError, RPCRunner, Timing, TimingConfig, parse_rpc
 from tvm_mpq.measure.rpc_local import local_rpc_cluster
+from tvm_mpq.measure.runner import cpu_id
 
 FAST = TimingConfig(number=5, repeat=3, warmup=1)
 
@@ -69,8 +71,17 @@ def _check(timing: Timing, repeat: int):
 def test_local_runner(library, inputs):
     timing = LocalRunner(FAST).run(library, inputs)
     _check(timing, FAST.repeat)
-    assert timing.device == f"local:{socket.gethostname()}"
+    assert timing.device == f"local:{socket.gethostname()}/{cpu_id()}"
     assert timing.median_ms < 50  # a 262k-MAC matmul
+
+
+def test_cpu_id_names_vendor_family_and_model():
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+            "model name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nvendor_id\t: Other\n")
+    assert cpu_id(info) == "AuthenticAMD-25-1"
+    assert cpu_id("garbage without fields")  # falls back to platform, never empty
+    if Path("/proc/cpuinfo").exists():  # this machine's own block parses to three fields
+        assert len(cpu_id().split("-")) == 3
 
 
 def test_local_runner_errors(library, inputs, tmp_path):

@@ -180,6 +180,26 @@ def test_latency_table_ignores_measurements_of_other_kernels(tiny_graph, x86_pro
     assert legacy.layers[layer]["W8A8"].ms == 5.0
 
 
+def test_latency_table_prefers_this_device_and_names_the_others(tiny_graph, x86_profile):
+    """Where two devices measured a workload the table takes the requested device's figure whatever the
+    order; figures only another device measured are used, and a note names that device."""
+    from tvm_mpq.store import Measurement
+
+    tasks = [t for t in model_tasks(tiny_graph, x86_profile) if t.kind == LAYER and t.candidate == "W8A8"][:2]
+    here, there = "local:a/GenuineIntel-6-143", "local:a/AuthenticAMD-25-1"
+    ms = [Measurement("x86_avx2", there, tasks[0].kind, tasks[0].workload, "W8A8", 9.0, 9.0, 9.0, 0.0, 3, 2),
+          Measurement("x86_avx2", here, tasks[0].kind, tasks[0].workload, "W8A8", 1.0, 1.0, 1.0, 0.0, 3, 2),
+          Measurement("x86_avx2", there, tasks[1].kind, tasks[1].workload, "W8A8", 2.0, 2.0, 2.0, 0.0, 3, 2)]
+    layer = {l.workload.key(): n for n, l in tiny_graph.layers.items()}
+    for order in (ms, ms[::-1]):
+        table = build_table(tiny_graph, x86_profile, order, device=here)
+        assert table.layers[layer[tasks[0].workload]]["W8A8"].ms == 1.0
+        assert table.layers[layer[tasks[1].workload]]["W8A8"].ms == 2.0
+        assert any("1 of 2 measurements are from another device" in n and there in n for n in table.notes)
+    alone = build_table(tiny_graph, x86_profile, ms[1:2], device=here)
+    assert not any("another device" in n for n in alone.notes)
+
+
 @pytest.mark.slow
 def test_metaschedule_tuning_records_are_reused(tiny_graph, x86_profile, tmp_path):
     """With a tuning budget the task is tuned once; a rerun compiles from MetaSchedule's database."""

@@ -119,6 +119,7 @@ def build_table(graph: LayerGraph, profile, measurements, model=None, device: Op
         if key not in best or (device is not None and m.device == device):
             best[key] = m
     notes = [in_model_note] if in_model_note else []
+    notes += _foreign_note(list(best.values()), device)
     if stale:
         notes.append(f"{stale} measurements of other kernels than {kernels} ignored "
                      f"(re-run `tvm-mpq profile` to measure the current ones)")
@@ -161,6 +162,16 @@ def build_table(graph: LayerGraph, profile, measurements, model=None, device: Op
             row[bits] = entries
         converts[name] = row
     return LatencyTable(profile.name, layers, converts, notes)
+
+
+def _foreign_note(chosen, device) -> list[str]:
+    """A note when some of the `chosen` measurements were taken on another device than `device`."""
+    foreign = sorted({m.device for m in chosen if device is not None and m.device != device})
+    if not foreign:
+        return []
+    n = sum(1 for m in chosen if m.device != device)
+    return [f"{n} of {len(chosen)} measurements are from another device than {device} "
+            f"({', '.join(foreign)}): run `tvm-mpq profile` on this one to measure it"]
 
 
 def _in_model_table(graph: LayerGraph, profile, measurements, device, kernels):
@@ -213,6 +224,7 @@ def _in_model_table(graph: LayerGraph, profile, measurements, device, kernels):
             layers[name].pop(cand, None)
     notes = [f"latencies measured inside the compiled model (in-model segments of {len(best)} "
              f"layer x candidate builds; converts included in the segments)"]
+    notes += _foreign_note(list(best.values()) + list(edges.values()), device)
     boundaries = _boundary_corrections(edges, layers)
     if boundaries:
         notes.append(f"boundary corrections for {sum(len(r) for r in boundaries.values())} "
@@ -276,8 +288,15 @@ def latency_report(model_ref, hw, *, store_path=None, device: Optional[str] = No
 
 
 def load_latency_table(graph: LayerGraph, profile, *, store_path=None, device: Optional[str] = None) -> LatencyTable:
-    """The latency table of an analysed model from the store and the profile's saved latency model."""
+    """The latency table of an analysed model from the store and the profile's saved latency model.
+    `device` (default: the profile's RPC key, or this machine) is preferred where several measured a
+    workload; the table's notes say how many entries came from other devices."""
     from pathlib import Path
+
+    from .measure.runner import local_device_name
+
+    if device is None:
+        device = f"rpc:{profile.rpc_key}" if profile.rpc_key else local_device_name()
 
     from .cost_model.xgb import LatencyModel
     from .measure.profiler import default_store_path, latency_model_path

@@ -22,8 +22,9 @@ def kernel_library(target) -> str:
 # 2: vectorized quantize epilogues; 3: all cores (TVM_NUM_THREADS); 4: int16 operand packing unfused from the
 # requantize (x86_avx2), softmax as four vector passes (both: the CPU pipeline); 5 (x86_avx2): the hand-written
 # kernels declare their buffers `tirx.noalias` (TVM 0.27's name; the `tir.` spelling was silently ignored);
-# 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves
-KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 6}
+# 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves;
+# 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue
+KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

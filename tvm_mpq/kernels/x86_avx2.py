@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 VEC = 8  # int32 / float32 lanes in a 256-bit register
+ACC_CHAINS = 8  # independent FMA accumulators a float kernel needs to hide the FMA latency
 MAX_EXACT_K = (2**31 - 1) // (255 * 127)  # int32 accumulation of (u8 - zp) * s8 terms cannot overflow below this
 
 
@@ -471,7 +472,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     Integer inputs are exact: every product is an integer below 2^15 * 2^7 and the sum of at most
     KH*KW of them stays below 2^24, where float32 represents integers exactly (checked).
     One parallel task per (image, channel): the channel's zero-padded plane (zero point removed) is built in
-    the task, then each output row is computed 8 columns at a time with one FMA per tap.
+    the task, then each 8-column block of up to 8 output rows is computed with one FMA per tap and row.
     `epilogue` (per-channel operands by channel, `channel` "row"): ``main(data, weight, P, out)`` applies it
     to the float accumulators (exact integers, so the same as after the int32 store) and stores its dtype.
     """
@@ -491,16 +492,21 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     zp = float(data_zero_point)
     xblocks = -(-ow // VEC)
     full = ow // VEC
-    unroll = min(4, xblocks)  # independent accumulators: one FMA chain per tap would wait on FMA latency
-    xgroups = -(-xblocks // unroll)
+    # Independent accumulators hide the FMA latency (4 cycles, 2 per cycle: 8 chains keep the units busy):
+    # one 8-column block of `ry` output rows at a time (measured faster than several blocks of one row),
+    # `ry` the row count in 5..8 that wastes fewest rows past the last (7 for a 7x7 or 14x14 output).
+    ry = oh if oh <= ACC_CHAINS else min(range(ACC_CHAINS, 4, -1), key=lambda r: -(-oh // r) * r - oh)
+    ygroups = -(-oh // ry)
     # The padded plane is stored as `sw` column phases, phase r holding padded columns r, r + sw, ...,
     # so that every tap reads 8 consecutive floats whatever the stride. Each phase is wide enough for
-    # whole groups of 8-column blocks (extra lanes read zeros and are not stored).
-    wq = xgroups * unroll * VEC + ((kw - 1) * dw) // sw + 1
-    plane_size = sw * hp * wq
+    # whole groups of 8-column blocks (extra lanes read zeros and are not stored), and tall enough for
+    # whole groups of rows (extra rows likewise).
+    wq = xblocks * VEC + ((kw - 1) * dw) // sw + 1
+    hpa = max(hp, (ygroups * ry - 1) * sh + (kh - 1) * dh + 1)
+    plane_size = _ceil(sw * hpa * wq, VEC) * VEC  # whole vectors, zeroed 8 at a time
 
     # float accumulators, stored cast to `out_dtype` (or through the epilogue)
-    store_t, n_par, out_vec, out_scalar = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype)
+    store_t, n_par, out_vec, _ = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype)
 
     @T.macro
     def body(X_nd, Wt, P, Y_nd):
@@ -508,37 +514,47 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         Y = T.decl_buffer((n_ * c_ * oh * ow,), store_t, data=Y_nd.data)
         for task in T.parallel(n_ * c_):
             plane = T.alloc_buffer((plane_size,), "float32", scope="global")
-            acc = T.alloc_buffer((unroll * VEC,), "float32", scope="global")
-            edge = T.alloc_buffer((VEC,), "float32", scope="global")
+            acc = T.alloc_buffer((ry * VEC,), "float32", scope="global")
+            edge = T.alloc_buffer((VEC,), store_t, scope="global")
             c = task % c_
-            for i in range(plane_size):
-                plane[i] = T.float32(0)
+            for i in range(plane_size // VEC):
+                plane[T.ramp(i * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
             for y in range(h_):
                 for r in T.unroll(sw):
-                    # phase r holds padded columns r + sw * q, i.e. input columns x = r + sw * q - pl
-                    for q in range((pl - r + sw - 1) // sw, (w_ + pl - r + sw - 1) // sw):
-                        plane[(r * hp + y + pt) * wq + q] = \
+                    # phase r holds padded columns r + sw * q, i.e. input columns x = r + sw * q - pl:
+                    # 8 at a time when contiguous (a strided vector load measured slower than scalars)
+                    for qv in range(((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // VEC
+                                    if sw == 1 else 0):
+                        plane[T.ramp((r * hpa + y + pt) * wq + (pl - r + sw - 1) // sw + qv * VEC, 1, VEC)] = T.Cast(
+                            "float32x8", X[T.ramp((task * h_ + y) * w_ + r + sw * ((pl - r + sw - 1) // sw + qv * VEC)
+                                                  - pl, sw, VEC)]) - T.broadcast(T.float32(zp), VEC)
+                    for q in range((pl - r + sw - 1) // sw + (
+                            ((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // VEC * VEC if sw == 1 else 0),
+                                   (w_ + pl - r + sw - 1) // sw):
+                        plane[(r * hpa + y + pt) * wq + q] = \
                             T.Cast("float32", X[(task * h_ + y) * w_ + r + sw * q - pl]) - T.float32(zp)
-            for oy in range(oh):
-                for xg in range(xgroups):
-                    for u in T.unroll(unroll):
-                        acc[T.ramp(u * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+            for yg in range(ygroups):
+                for xb in range(xblocks):
+                    for v in T.unroll(ry):
+                        acc[T.ramp(v * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
                     for ky in T.unroll(kh):
                         for kx in T.unroll(kw):
-                            for u in T.unroll(unroll):
-                                acc[T.ramp(u * VEC, 1, VEC)] = T.call_llvm_pure_intrin(
+                            for v in T.unroll(ry):
+                                acc[T.ramp(v * VEC, 1, VEC)] = T.call_llvm_pure_intrin(
                                     "float32x8", "llvm.fma.v8f32", T.broadcast(Wt[c * taps + ky * kw + kx], VEC),
-                                    plane[T.ramp(((kx * dw) % sw * hp + oy * sh + ky * dh) * wq
-                                                 + (xg * unroll + u) * VEC + (kx * dw) // sw, 1, VEC)],
-                                    acc[T.ramp(u * VEC, 1, VEC)])
-                    for u in T.unroll(unroll):
-                        if xg * unroll + u < full:
-                            Y[T.ramp((task * oh + oy) * ow + (xg * unroll + u) * VEC, 1, VEC)] = out_vec(
-                                P, acc[T.ramp(u * VEC, 1, VEC)], c, 0)
-                        elif xg * unroll + u < xblocks:
-                            edge[T.ramp(0, 1, VEC)] = acc[T.ramp(u * VEC, 1, VEC)]
-                            for xt in range(ow - full * VEC):
-                                Y[(task * oh + oy) * ow + full * VEC + xt] = out_scalar(P, edge[xt], c, 0)
+                                    plane[T.ramp(((kx * dw) % sw * hpa + (yg * ry + v) * sh + ky * dh) * wq
+                                                 + xb * VEC + (kx * dw) // sw, 1, VEC)],
+                                    acc[T.ramp(v * VEC, 1, VEC)])
+                    for v in T.unroll(ry):
+                        if yg * ry + v < oh:
+                            if xb < full:
+                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * VEC, 1, VEC)] = \
+                                    out_vec(P, acc[T.ramp(v * VEC, 1, VEC)], c, 0)
+                            else:
+                                # the epilogue on all 8 lanes, then the valid ones stored one by one
+                                edge[T.ramp(0, 1, VEC)] = out_vec(P, acc[T.ramp(v * VEC, 1, VEC)], c, 0)
+                                for xt in range(ow - full * VEC):
+                                    Y[(task * oh + yg * ry + v) * ow + full * VEC + xt] = edge[xt]
 
     if epilogue is None:
         @T.prim_func

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from ..store import Measurement, MeasurementStore
 from ..kernels import UNVERSIONED as UNVERSIONED_KERNELS
+from .runner import local_device_name
 from .tasks import Task, build_task_module
 
 
@@ -191,10 +192,6 @@ def latency_model_path(store_path: Path, profile_name: str) -> Path:
     return Path(store_path).with_name(f"{profile_name}.latency_model.json")
 
 
-def local_device_name() -> str:
-    import platform
-
-    return f"local:{platform.node() or 'host'}"
 
 
 def train_latency_model(store: MeasurementStore, profile, store_path: Path, min_samples: int = 16):

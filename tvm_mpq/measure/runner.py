@@ -26,7 +26,37 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["LocalRunner", "MeasureError", "RPCRunner", "Timing", "TimingConfig", "parse_rpc"]
+__all__ = ["LocalRunner", "MeasureError", "RPCRunner", "Timing", "TimingConfig", "local_device_name", "parse_rpc"]
+
+
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """This CPU as "vendor-family-model" from /proc/cpuinfo (e.g. "GenuineIntel-6-143", "AuthenticAMD-25-1"),
+    else what `platform` says. Hostnames of cloud machines repeat across CPU kinds, so measurements are
+    keyed by both."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    parts = [fields.get(k) for k in ("vendor_id", "cpu family", "model")]
+    if all(parts):
+        return "-".join(parts)
+    return (platform.processor() or platform.machine() or "cpu").replace(" ", "_")
+
+
+def local_device_name() -> str:
+    """The device name of measurements taken in this process: "local:<hostname>/<cpu_id()>"."""
+    return f"local:{socket.gethostname() or 'host'}/{cpu_id()}"
 
 
 @dataclass(frozen=True)
@@ -143,7 +173,7 @@ class LocalRunner:
             raise
         except Exception as err:  # TVMError subclasses are RuntimeError/ValueError/...
             raise MeasureError(f"measuring {path} locally failed: {type(err).__name__}: {err}") from err
-        return Timing(ms, f"local:{socket.gethostname()}")
+        return Timing(ms, local_device_name())
 
 
 class _SessionLost(Exception):
