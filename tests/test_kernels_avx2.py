@@ -1,5 +1,6 @@
-"""x86 AVX2 kernels: bit-exact against NumPy int64 references (odd shapes, zero points, padding, strides),
-float32 paths against NumPy float64, and the lowering through Relax on conv / dense / matmul layers."""
+"""x86 AVX2 / AVX-512 kernels: bit-exact against NumPy int64 references (odd shapes, zero points, padding,
+strides), float32 paths against NumPy float64, and the lowering through Relax on conv / dense / matmul
+layers. The 16-lane (AVX-512) variants run where this machine has AVX-512 and are skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ import tvm
 from tvm import relax
 
 from tvm_mpq.graph import Workload
-from tvm_mpq.kernels import kernel_library
+from tvm_mpq.kernels import host_runs, kernel_library
 from tvm_mpq.kernels import x86_avx2 as k
 from tvm_mpq.transform import x86_avx2_lowering as low
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
+TARGET_512 = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
 DEV = tvm.cpu()
+LANES = [8, pytest.param(16, marks=pytest.mark.skipif(not host_runs("x86_avx512"), reason="no AVX-512 here"))]
 
 
-def _run(func, *arrays, out_shape, out_dtype):
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+def _target(lanes: int):
+    return TARGET if lanes == 8 else TARGET_512
+
+
+def _run(func, *arrays, out_shape, out_dtype, lanes: int = 8):
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=_target(lanes))
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), DEV) for a in arrays]
     out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), DEV)
     lib.mod["main"](*args, out)
@@ -46,6 +53,7 @@ def _conv_ref(x, w, zp, stride, pad, dil=(1, 1), groups=1):
     return out
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("batch,m,n,kk,a_batched,b_batched", [
     (1, 64, 200, 96, False, True),    # conv-like: shared weights, edge panel
     (1, 5, 13, 7, True, True),        # everything odd and smaller than a tile
@@ -54,15 +62,17 @@ def _conv_ref(x, w, zp, stride, pad, dil=(1, 1), groups=1):
     (1, 1, 40, 1281, True, False),    # GEMV, odd K
     (4, 12, 16, 8, True, True),       # exact tiles
 ])
-def test_gemm_int16_bit_exact(batch, m, n, kk, a_batched, b_batched):
+def test_gemm_int16_bit_exact(batch, m, n, kk, a_batched, b_batched, lanes):
     rng = np.random.default_rng(batch * 1000 + m)
     a = rng.integers(-255, 256, (batch if a_batched else 1, m, kk))  # u8 - zp range
     b = rng.integers(-127, 128, (batch if b_batched else 1, kk, n))  # int8 weights
-    tl = k.choose_tiling(batch, m, n)
+    tl = k.choose_tiling(batch, m, n, lanes=lanes)
+    assert tl.nb == lanes * tl.nr
     func = k.gemm_func(batch, m, n, kk, tl, a_batched=a_batched, b_batched=b_batched)
     pa = np.concatenate([k.pack_weight_rows(a[i], tl.mr) for i in range(a.shape[0])])
-    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr) for i in range(b.shape[0])])
-    got = _run(func, pa, pb, out_shape=(batch, m, n), out_dtype="int32")
+    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr, lanes=lanes)
+                         for i in range(b.shape[0])])
+    got = _run(func, pa, pb, out_shape=(batch, m, n), out_dtype="int32", lanes=lanes)
     ref = np.einsum("bmk,bkn->bmn", np.broadcast_to(a, (batch, m, kk)), np.broadcast_to(b, (batch, kk, n)))
     np.testing.assert_array_equal(got, ref)
 
@@ -78,20 +88,28 @@ def test_gemm_int16_extremes_do_not_saturate():
     assert (got == 255 * -127 * kk).all()
 
 
-def test_gemm_refuses_k_beyond_exact_int32():
+def test_gemm_refuses_k_beyond_exact_int32_and_unknown_lanes():
     with pytest.raises(ValueError, match="exact"):
         k.gemm_func(1, 4, 8, k.MAX_EXACT_K + 1, k.GemmTiling(4, 1))
+    with pytest.raises(ValueError, match="lanes"):
+        k.GemmTiling(4, 1, 1, 4)
+    g = k.direct_conv_geometry((1, 8, 9, 9), (16, 8, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
+    with pytest.raises(ValueError, match="8-lane"):
+        k.direct_conv_func(g, k.GemmTiling(2, 1, 1, 16))
 
 
-def test_gemm_float32_matches_numpy():
+@pytest.mark.parametrize("lanes", LANES)
+def test_gemm_float32_matches_numpy(lanes):
     rng = np.random.default_rng(1)
     batch, m, n, kk = 2, 11, 37, 19
     a = rng.standard_normal((1, m, kk)).astype(np.float32)
     b = rng.standard_normal((batch, kk, n)).astype(np.float32)
-    tl = k.choose_tiling(batch, m, n)
-    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr, "float32") for i in range(batch)])
+    tl = k.choose_tiling(batch, m, n, lanes=lanes)
+    pb = np.concatenate([k.pack_weight_panels(np.ascontiguousarray(b[i].T), tl.nr, "float32", lanes=lanes)
+                         for i in range(batch)])
     got = _run(k.gemm_func(batch, m, n, kk, tl, dtype="float32", a_batched=False),
-               k.pack_weight_rows(a[0], tl.mr, "float32"), pb, out_shape=(batch, m, n), out_dtype="float32")
+               k.pack_weight_rows(a[0], tl.mr, "float32"), pb, out_shape=(batch, m, n), out_dtype="float32",
+               lanes=lanes)
     ref = np.einsum("mk,bkn->bmn", a[0].astype(np.float64), b.astype(np.float64))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
 
@@ -127,14 +145,16 @@ def test_pack_pairs_matches_the_te_packing(shape, nb, zp, conv):
     (2, 17, 37, 3, 1, (1, 1, 1, 1), 9),     # 17 output rows: the last row group runs past the output
     (2, 30, 6, 5, 2, (1, 2, 2, 1), 1),      # rows in groups of 8, more rows than columns
 ])
-def test_depthwise_int_bit_exact(c, h, w, ks, stride, pad, zp):
+@pytest.mark.parametrize("lanes", LANES)
+def test_depthwise_int_bit_exact(c, h, w, ks, stride, pad, zp, lanes):
     rng = np.random.default_rng(c * 100 + h)
     x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8)
     wt = rng.integers(-127, 128, (c, 1, ks, ks)).astype(np.int8)
     func = k.depthwise_func(x.shape, (ks, ks), strides=(stride, stride), padding=pad, dilation=(1, 1),
-                            data_dtype="uint8", data_zero_point=zp, out_dtype="int32")
+                            data_dtype="uint8", data_zero_point=zp, out_dtype="int32", lanes=lanes)
     ref = _conv_ref(x, wt, zp, (stride, stride), pad, groups=c)
-    got = _run(func, x, wt.reshape(c, -1).astype(np.float32).reshape(-1), out_shape=ref.shape, out_dtype="int32")
+    got = _run(func, x, wt.reshape(c, -1).astype(np.float32).reshape(-1), out_shape=ref.shape, out_dtype="int32",
+               lanes=lanes)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -152,7 +172,7 @@ def test_depthwise_float32_matches_numpy():
 # ------------------------------------------------------------------------------- through Relax
 
 
-def _build_and_run(emit, inputs):
+def _build_and_run(emit, inputs, lanes: int = 8):
     bb = relax.BlockBuilder()
     params = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)]
     with bb.function("main", params):
@@ -161,7 +181,7 @@ def _build_and_run(emit, inputs):
         bb.emit_func_output(out)
     from tvm_mpq.build import compile_module
 
-    ex = compile_module(bb.get(), TARGET)
+    ex = compile_module(bb.get(), _target(lanes))
     vm = relax.VirtualMachine(ex, DEV)
     return vm["main"](*[tvm.runtime.tensor(a, DEV) for a in inputs]).numpy()
 
@@ -180,14 +200,15 @@ def _conv_wl(x_shape, w_shape, stride, pad, groups=1, dil=(1, 1)):
     ((1, 19, 9, 9), (13, 19, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),  # pointwise, odd channels
     ((2, 4, 10, 10), (6, 4, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),   # batch 2, dilation
 ])
-def test_lowered_conv_int_bit_exact(x_shape, w_shape, stride, pad, dil):
+@pytest.mark.parametrize("lanes", LANES)
+def test_lowered_conv_int_bit_exact(x_shape, w_shape, stride, pad, dil, lanes):
     rng = np.random.default_rng(sum(x_shape))
     x = rng.integers(0, 256, x_shape).astype(np.uint8)
     w = rng.integers(-7, 8, w_shape).astype(np.int8)  # int4 values: W4A8 uses the same kernel
     zp = 37
     wl = _conv_wl(x_shape, w_shape, stride, pad, dil=dil)
     assert low.supports(wl, "uint8")
-    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, zero_point=zp), [x])
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, zero_point=zp, lanes=lanes), [x], lanes)
     np.testing.assert_array_equal(got, _conv_ref(x, w, zp, stride, pad, dil))
 
 
@@ -206,20 +227,25 @@ def test_lowered_conv_float32_and_depthwise():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_lowered_dense_and_matmul_int_bit_exact():
+@pytest.mark.parametrize("lanes", LANES)
+def test_lowered_dense_and_matmul_int_bit_exact(lanes):
     rng = np.random.default_rng(6)
     x = rng.integers(0, 256, (7, 45)).astype(np.uint8)
     w = rng.integers(-127, 128, (30, 45)).astype(np.int8)
-    got = _build_and_run(lambda bb, xv: low.dense(bb, xv, w, zero_point=100), [x])
+    got = _build_and_run(lambda bb, xv: low.dense(bb, xv, w, zero_point=100, lanes=lanes), [x], lanes)
     np.testing.assert_array_equal(got, (x.astype(np.int64) - 100) @ w.T.astype(np.int64))
     a = rng.integers(0, 256, (2, 3, 9, 17)).astype(np.uint8)
     b = rng.integers(0, 256, (2, 3, 17, 11)).astype(np.uint8)
-    got = _build_and_run(lambda bb, av, bv: low.matmul(bb, av, bv, a_zero_point=5, b_zero_point=250), [a, b])
+    got = _build_and_run(lambda bb, av, bv: low.matmul(bb, av, bv, a_zero_point=5, b_zero_point=250, lanes=lanes),
+                         [a, b], lanes)
     np.testing.assert_array_equal(got, (a.astype(np.int64) - 5) @ (b.astype(np.int64) - 250))
 
 
 def test_support_and_library_selection():
     assert kernel_library(TARGET) == "x86_avx2"
+    assert kernel_library(TARGET_512) == "x86_avx512"
+    assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})) == "x86_avx512"
+    assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == "x86_avx2"
     assert kernel_library(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
                                              "mcpu": "cortex-a76"})) == "generic"
     grouped = _conv_wl((1, 8, 5, 5), (8, 2, 3, 3), (1, 1), (1, 1, 1, 1), groups=4)

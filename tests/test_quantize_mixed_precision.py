@@ -213,17 +213,21 @@ class _InvertedResidual(torch.nn.Module):
         return self.fc((self.project(y) + h).flatten(1))
 
 
-@pytest.mark.parametrize("kernels", ["x86_avx2", "generic"])
+@pytest.mark.parametrize("kernels", ["x86_avx2", "x86_avx512", "generic"])
 def test_all_integer_path_is_bit_exact_on_an_fma_target(kernels, x86_profile):
     """With every layer W8A8 (bias corrections on) the compiled model returns exactly the simulator's
     floats on a target with FMA. TVM's LLVM backend contracts a float multiply followed by an add into an
     FMA (one rounding instead of two); the requantize therefore divides, which is never contracted. With
     a multiplying requantize 18 of this model's 80 outputs differ from the simulator's (by an ulp; in a
     deep network such differences flip roundings downstream: EfficientNet-Lite0 W8A8 agreed to 32 dB)."""
-    from tvm_mpq.kernels import kernel_library
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import host_runs, kernel_library
 
-    if kernels == "x86_avx2" and kernel_library(x86_profile.tvm_target()) != "x86_avx2":
-        pytest.skip("this CPU has no AVX2/FMA")
+    if not host_runs(kernels):
+        pytest.skip(f"this CPU cannot run the {kernels} kernels")
+    target = (load_profile("x86_avx512_vnni") if kernels == "x86_avx512" else x86_profile).tvm_target()
+    if kernels != "generic":
+        assert kernel_library(target) == kernels
     gen = torch.Generator().manual_seed(0)
     data = [(torch.randn(1, 3, 32, 32, generator=gen),) for _ in range(24)]
     imported = import_model(_InvertedResidual().eval(), data[0])
@@ -233,6 +237,6 @@ def test_all_integer_path_is_bit_exact_on_an_fma_target(kernels, x86_profile):
     assert len(plan.bias_corrections) == 5
     sim.configure_plan(plan)
     y_sim = sim.run(data[16:])
-    compiled = build(imported, plan, x86_profile.tvm_target(), kernels=kernels)
+    compiled = build(imported, plan, target, kernels=kernels)
     y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in data[16:]])
     np.testing.assert_array_equal(y_tvm, y_sim)

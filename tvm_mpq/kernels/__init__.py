@@ -4,17 +4,42 @@ from __future__ import annotations
 
 
 def kernel_library(target) -> str:
-    """The kernel library for a TVM target: "x86_avx2" for LLVM targets whose CPU has AVX2 and FMA
-    (core-avx2, znver*, skylake*, ...), "generic" otherwise."""
+    """The kernel library for a TVM target: "x86_avx512" for LLVM targets whose CPU has AVX-512 F/BW/VL
+    (skylake-avx512, cascadelake, sapphirerapids, znver4, ...), "x86_avx2" for those with AVX2 and FMA
+    (core-avx2, znver3, ...), "generic" otherwise."""
     try:
         from tvm.target import codegen
 
         if target.kind.name == "llvm" and codegen.target_has_features("avx2", target) \
                 and codegen.target_has_features("fma", target):
+            if all(codegen.target_has_features(f, target) for f in ("avx512f", "avx512bw", "avx512vl")):
+                return "x86_avx512"
             return "x86_avx2"
     except Exception:  # noqa: BLE001 - targets LLVM cannot describe (e.g. no mcpu for the triple)
         pass
     return "generic"
+
+
+
+LIBRARY_CPU_FLAGS = {"x86_avx2": ("avx2", "fma"), "x86_avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")}
+
+
+def host_cpu_flags() -> set[str]:
+    """The ISA flags of this machine's CPU (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def host_runs(library: str) -> bool:
+    """Whether this machine can run code of a kernel library (x86 libraries need their ISA; "generic"
+    runs wherever its target does)."""
+    return set(LIBRARY_CPU_FLAGS.get(library, ())) <= host_cpu_flags()
 
 
 # Bumped whenever a library's generated code changes speed, so measurements of older kernels are not mixed
@@ -24,7 +49,7 @@ def kernel_library(target) -> str:
 # kernels declare their buffers `tirx.noalias` (TVM 0.27's name; the `tir.` spelling was silently ignored);
 # 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves;
 # 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue
-KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7}
+KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7, "x86_avx512": 1}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

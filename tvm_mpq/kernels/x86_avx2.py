@@ -46,21 +46,28 @@ __all__ = [
 ]
 
 VEC = 8  # int32 / float32 lanes in a 256-bit register
+LANES = (8, 16)  # AVX2 (ymm) or AVX-512 (zmm) kernels
 ACC_CHAINS = 8  # independent FMA accumulators a float kernel needs to hide the FMA latency
 MAX_EXACT_K = (2**31 - 1) // (255 * 127)  # int32 accumulation of (u8 - zp) * s8 terms cannot overflow below this
 
 
 @dataclass(frozen=True)
 class GemmTiling:
-    """Register tile MR rows x (8 * NR) columns; `m_chunks` splits the rows for more parallel tasks."""
+    """Register tile MR rows x (`lanes` * NR) columns; `m_chunks` splits the rows for more parallel tasks;
+    `lanes` 8 (256-bit AVX2 vectors) or 16 (512-bit AVX-512)."""
 
     mr: int
     nr: int
     m_chunks: int = 1
+    lanes: int = VEC
+
+    def __post_init__(self):
+        if self.lanes not in LANES:
+            raise ValueError(f"vector lanes must be one of {LANES}, got {self.lanes}")
 
     @property
     def nb(self) -> int:
-        return VEC * self.nr
+        return self.lanes * self.nr
 
 
 def _ceil(a: int, b: int) -> int:
@@ -70,60 +77,75 @@ def _ceil(a: int, b: int) -> int:
 # Relative single-thread speed of the register tiles (MR rows x NR vectors) on full tiles, measured on Zen 3
 # for the EfficientNet-Lite0 / MiniLM-L6 GEMM shapes (vpmaddwd path; benchmarks/kernels_avx2.py). 4 x 3
 # needs 17 ymm registers with the product temporary, so one accumulator spills: slowest of the wide tiles.
-TILE_SPEED = {(5, 2): 1.0, (4, 2): 0.93, (3, 3): 0.93, (2, 4): 0.9, (6, 2): 0.85, (4, 3): 0.75, (3, 2): 0.8,
+TILE_SPEED_8 = {(5, 2): 1.0, (4, 2): 0.93, (3, 3): 0.93, (2, 4): 0.9, (6, 2): 0.85, (4, 3): 0.75, (3, 2): 0.8,
               (2, 3): 0.75, (2, 2): 0.6, (1, 4): 0.45, (1, 3): 0.4, (1, 2): 0.3, (1, 1): 0.2, (2, 1): 0.3,
               (3, 1): 0.35, (4, 1): 0.4, (5, 1): 0.45}
+# The same for zmm tiles (32 registers), one thread of a 2-core Intel Xeon with AVX-512 (Sapphire Rapids
+# class), int16 and float32 GEMMs of the same shapes: the median over shapes of each tile's speed per
+# useful output relative to the fastest tile of the shape. Every 16-lane tile from 3 x 2 up is 1.4-2.1x
+# the 8-lane 5 x 2 on that machine; 10 x 2 and 7 x 3 (20-21 accumulators) spill.
+TILE_SPEED_16 = {(8, 2): 0.95, (4, 4): 0.93, (6, 2): 0.9, (3, 4): 0.88, (4, 3): 0.85, (8, 1): 0.8, (12, 1): 0.8,
+                 (12, 2): 0.8, (6, 3): 0.8, (5, 4): 0.78, (4, 2): 0.78, (2, 4): 0.73, (3, 2): 0.68, (4, 1): 0.62,
+                 (2, 2): 0.6, (1, 4): 0.47, (1, 2): 0.34, (2, 1): 0.32, (1, 1): 0.21}
+TILE_SPEED = {8: TILE_SPEED_8, 16: TILE_SPEED_16}
 
 
-def _best_tile(m: int, n: int) -> tuple[int, int]:
+def _best_tile(m: int, n: int, lanes: int = VEC) -> tuple[int, int]:
     """The tile with the best expected speed: tile speed x useful fraction of the padded rows and columns."""
+    speeds = TILE_SPEED[lanes]
+
     def score(t):
         mr, nr = t
-        return (TILE_SPEED[t] * m / (_ceil(m, mr) * mr)) * (n / (_ceil(n, VEC * nr) * VEC * nr))
+        return (speeds[t] * m / (_ceil(m, mr) * mr)) * (n / (_ceil(n, lanes * nr) * lanes * nr))
 
-    return max(TILE_SPEED, key=score)
+    return max(speeds, key=score)
 
 
-def choose_tiling(batch: int, m: int, n: int, threads: int = 2) -> GemmTiling:
+def choose_tiling(batch: int, m: int, n: int, threads: int = 2, lanes: int = VEC) -> GemmTiling:
     """Register tile for a GEMM shape (`_best_tile`), and how many row chunks give the thread pool enough
     independent tasks when there are few column panels."""
-    mr, nr = _best_tile(m, n)
-    panels = batch * _ceil(n, VEC * nr)
+    mr, nr = _best_tile(m, n, lanes)
+    panels = batch * _ceil(n, lanes * nr)
     m_blocks = _ceil(m, mr)
     m_chunks = 1
     while panels * m_chunks < 4 * threads and m_chunks * 2 <= m_blocks:
         m_chunks *= 2
-    return GemmTiling(mr, nr, m_chunks)
+    return GemmTiling(mr, nr, m_chunks, lanes)
 
 
 # ---------------------------------------------------------------------------------------------- GEMM
 
 
-def _mac_macro(is_int: bool):
-    """TVMScript macro ``mac(acc, at, a_scalar, b_vec)``: acc[at:at+8] += broadcast(a_scalar) * b_vec, as one
-    `vpmaddwd` on int16 pairs (a_scalar: an int32 holding two int16) or one float32 FMA."""
+def _mac_macro(is_int: bool, lanes: int = VEC):
+    """TVMScript macro ``mac(acc, at, a_scalar, b_vec)``: acc[at:at+lanes] += broadcast(a_scalar) * b_vec, as
+    one `vpmaddwd` on int16 pairs (a_scalar: an int32 holding two int16) or one float32 FMA."""
+    i32, i16, f32 = f"int32x{lanes}", f"int16x{2 * lanes}", f"float32x{lanes}"
+    pmadd = "llvm.x86.avx2.pmadd.wd" if lanes == 8 else "llvm.x86.avx512.pmaddw.d.512"
+    fma = f"llvm.fma.v{lanes}f32"
     if is_int:
         @T.macro
         def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = acc[T.ramp(at, 1, VEC)] + T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx2.pmadd.wd", T.reinterpret("int16x16", T.broadcast(a_scalar, VEC)), b_vec)
+            acc[T.ramp(at, 1, lanes)] = acc[T.ramp(at, 1, lanes)] + T.call_llvm_pure_intrin(
+                i32, pmadd, T.reinterpret(i16, T.broadcast(a_scalar, lanes)), b_vec)
     else:
         @T.macro
         def mac(acc, at, a_scalar, b_vec):
-            acc[T.ramp(at, 1, VEC)] = T.call_llvm_pure_intrin(
-                "float32x8", "llvm.fma.v8f32", T.broadcast(a_scalar, VEC), b_vec, acc[T.ramp(at, 1, VEC)])
+            acc[T.ramp(at, 1, lanes)] = T.call_llvm_pure_intrin(
+                f32, fma, T.broadcast(a_scalar, lanes), b_vec, acc[T.ramp(at, 1, lanes)])
     return mac
 
 
-def _outputs(epilogue, acc_t: str, channels: int, channel: str, plain_dtype: Optional[str] = None):
+def _outputs(epilogue, acc_t: str, channels: int, channel: str, plain_dtype: Optional[str] = None,
+             lanes: int = VEC):
     """(output dtype, parameter buffer length, out_vec, out_scalar) of a kernel with `epilogue` (None: the
     accumulator is stored as it is, or cast to `plain_dtype`). out_vec(P, v, row, col) → what to store for
-    the accumulator vector `v` of output row `row`, columns col..col+7; out_scalar the same for one element.
+    the accumulator vector `v` (`lanes` lanes) of output row `row`, columns col..col+lanes-1; out_scalar the
+    same for one element.
     `channel` says which index picks the per-channel operands: "row", "col" or "none" (scalar operands)."""
     if epilogue is None:
         if plain_dtype is None or plain_dtype == acc_t:
             return acc_t, 0, (lambda P, v, row, col: v), (lambda P, v, row, col: v)
-        return (plain_dtype, 0, (lambda P, v, row, col: T.Cast(plain_dtype + "x8", v)),
+        return (plain_dtype, 0, (lambda P, v, row, col: T.Cast(f"{plain_dtype}x{lanes}", v)),
                 (lambda P, v, row, col: T.Cast(plain_dtype, v)))
     if channel not in ("row", "col", "none"):
         raise ValueError(f"channel must be 'row', 'col' or 'none', got {channel!r}")
@@ -132,9 +154,9 @@ def _outputs(epilogue, acc_t: str, channels: int, channel: str, plain_dtype: Opt
     def out_vec(P, v, row, col):
         def param(k):
             if channel == "col":
-                return P[T.ramp(k * n_ch + col, 1, VEC)]
-            return T.broadcast(P[k * n_ch + (row if channel == "row" else 0)], VEC)
-        return epilogue.apply(to_float(v, VEC, acc_t), VEC, param)
+                return P[T.ramp(k * n_ch + col, 1, lanes)]
+            return T.broadcast(P[k * n_ch + (row if channel == "row" else 0)], lanes)
+        return epilogue.apply(to_float(v, lanes, acc_t), lanes, param)
 
     def out_scalar(P, v, row, col):
         def param(k):
@@ -167,14 +189,14 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
         if k > MAX_EXACT_K:
             raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}, got K={k}")
         kk, pair = _ceil(k, 2), 2
-        acc_t, vec_t, a_t, b_t = "int32", "int32x8", "int32", "int16"
+        acc_t, a_t, b_t = "int32", "int32", "int16"
     elif dtype == "float32":
         kk, pair = k, 1
-        acc_t, vec_t, a_t, b_t = "float32", "float32x8", "float32", "float32"
+        acc_t, a_t, b_t = "float32", "float32", "float32"
     else:
         raise ValueError(f"dtype must be 'int16' or 'float32', got {dtype!r}")
     mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
-    nb = tiling.nb
+    nb, L = tiling.nb, tiling.lanes
     mp = _ceil(m, mr) * mr
     npan = _ceil(n, nb)
     mblocks = mp // mr
@@ -183,7 +205,7 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     bb = batch if b_batched else 1
     a_stride_b = mp * kk if a_batched else 0
     b_stride_b = npan * kk * nb * pair if b_batched else 0
-    vlen = VEC * pair  # B elements per vector load
+    vlen = L * pair  # B elements per vector load
     tasks = batch * npan * mc
     is_int = dtype == "int16"
     a_shape = (ba, mp, kk)
@@ -191,9 +213,10 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     c_shape = tuple(int(v) for v in out_shape) if out_shape is not None else (batch, m, n)
     if int(np.prod(c_shape)) != batch * m * n:
         raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
-    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, m if channel == "row" else n, channel)
+    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, m if channel == "row" else n, channel,
+                                                 lanes=L)
 
-    mac = _mac_macro(is_int)
+    mac = _mac_macro(is_int, L)
     zero = T.int32(0) if is_int else T.float32(0)
 
     @T.macro
@@ -203,8 +226,8 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
         C = T.decl_buffer((batch * m * n,), out_t, data=C_nd.data)
         for task in T.parallel(tasks):
             # scope "global" under the 1 KiB limit is a stack alloca, which LLVM promotes to registers
-            acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
-            edge = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            acc = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
+            edge = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
             b_ = task // (npan * mc)
             no = task % (npan * mc) // mc
             ch = task % mc
@@ -212,21 +235,21 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                 if ch * per_chunk + mo_i < mblocks:
                     m0 = (ch * per_chunk + mo_i) * mr
                     for t in T.unroll(mr * nr):
-                        acc[T.ramp(t * VEC, 1, VEC)] = T.broadcast(zero, VEC)
+                        acc[T.ramp(t * L, 1, L)] = T.broadcast(zero, L)
                     for kq in range(kk):
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
-                                mac(acc, (i * nr + j) * VEC, Af[b_ * a_stride_b + (m0 + i) * kk + kq],
-                                    Bf[T.ramp(b_ * b_stride_b + ((no * kk + kq) * nb + j * VEC) * pair, 1, vlen)])
+                                mac(acc, (i * nr + j) * L, Af[b_ * a_stride_b + (m0 + i) * kk + kq],
+                                    Bf[T.ramp(b_ * b_stride_b + ((no * kk + kq) * nb + j * L) * pair, 1, vlen)])
                     if m0 + mr <= m and no * nb + nb <= n:
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
-                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * VEC, 1, VEC)] = out_vec(
-                                    P, acc[T.ramp((i * nr + j) * VEC, 1, VEC)], m0 + i, no * nb + j * VEC)
+                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * L, 1, L)] = out_vec(
+                                    P, acc[T.ramp((i * nr + j) * L, 1, L)], m0 + i, no * nb + j * L)
                     else:
                         # edge tile: copy out with constant indices (keeps `acc` in registers), then mask
                         for t in T.unroll(mr * nr):
-                            edge[T.ramp(t * VEC, 1, VEC)] = acc[T.ramp(t * VEC, 1, VEC)]
+                            edge[T.ramp(t * L, 1, L)] = acc[T.ramp(t * L, 1, L)]
                         for i in range(mr):
                             for jl in range(nb):
                                 if m0 + i < m and no * nb + jl < n:
@@ -245,7 +268,7 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             body(A, B, P, C_nd)
 
-    return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc], dtype=dtype,
+    return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc, L], dtype=dtype,
                       a_batched=a_batched, b_batched=b_batched, out_shape=list(c_shape))
 
 
@@ -298,15 +321,16 @@ def pack_rows(x: te.Tensor, zero_point: int, mr: int, dtype: str = "int16") -> t
                       name="pack_rows_i16")
 
 
-def pack_panels(x: te.Tensor, zero_point: int, nr: int, dtype: str = "int16") -> te.Tensor:
-    """B operand from activations x [*B, K, N]: [B, NP, K2, NB, 2] int16 (x - zp), zero padded.
+def pack_panels(x: te.Tensor, zero_point: int, nr: int, dtype: str = "int16", lanes: int = VEC) -> te.Tensor:
+    """B operand from activations x [*B, K, N]: [B, NP, K2, NB, 2] int16 (x - zp), zero padded,
+    NB = `lanes` * `nr`.
 
     dtype "float32": [B, NP, K, NB] float32.
     """
     shape = [int(v) for v in x.shape]
     lead, k, n = shape[:-2], shape[-2], shape[-1]
     batch = int(np.prod(lead)) if lead else 1
-    nb = VEC * nr
+    nb = lanes * nr
     npan = _ceil(n, nb)
 
     load = _flat_batch_loader(x, lead)
@@ -328,7 +352,7 @@ def pack_panels(x: te.Tensor, zero_point: int, nr: int, dtype: str = "int16") ->
 
 
 def pack_conv_panels(x: te.Tensor, zero_point: int, nr: int, *, kernel, strides, padding, dilation,
-                     dtype: str = "int16") -> te.Tensor:
+                     dtype: str = "int16", lanes: int = VEC) -> te.Tensor:
     """B operand of a conv (groups = 1) from x [N, C, H, W]: im2col panels, K = C*KH*KW, columns = OH*OW.
 
     [N, NP, K2, NB, 2] int16 (x - zp; padding and tile padding 0), or [N, NP, K, NB] float32.
@@ -341,7 +365,7 @@ def pack_conv_panels(x: te.Tensor, zero_point: int, nr: int, *, kernel, strides,
     oh = (h_ + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
     k, cols = c_ * kh * kw, oh * ow
-    nb = VEC * nr
+    nb = lanes * nr
     npan = _ceil(cols, nb)
     is_int = dtype == "int16"
     zp = tirx.const(int(zero_point), "int32")
@@ -443,11 +467,11 @@ def pack_weight_rows(w2d: np.ndarray, mr: int, dtype: str = "int16") -> np.ndarr
     return out.view(np.int32).reshape(1, mp, -1).copy()
 
 
-def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16") -> np.ndarray:
+def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16", lanes: int = VEC) -> np.ndarray:
     """B operand from a constant dense weight [N, K] (out = x @ w.T): [1, NP, K2, NB, 2] int16 or
-    [1, NP, K, NB] float32."""
+    [1, NP, K, NB] float32, NB = `lanes` * `nr`."""
     n, k = w_nk.shape
-    nb = VEC * nr
+    nb = lanes * nr
     npan = _ceil(n, nb)
     if dtype == "float32":
         full = np.zeros((npan * nb, k), np.float32)
@@ -464,7 +488,7 @@ def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16") -> np.nd
 
 def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_dtype: str,
                    data_zero_point: int = 0, out_dtype: str = "float32", epilogue: Optional[Epilogue] = None,
-                   channel: str = "row"):
+                   channel: str = "row", lanes: int = VEC):
     """PrimFunc ``main(data, weight, out)`` of a depthwise conv (one filter per channel) on float32 FMA.
 
     data [N, C, H, W] (uint8/int16 with `data_zero_point`, or float32), weight [C, KH*KW] float32 (integer
@@ -472,7 +496,8 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     Integer inputs are exact: every product is an integer below 2^15 * 2^7 and the sum of at most
     KH*KW of them stays below 2^24, where float32 represents integers exactly (checked).
     One parallel task per (image, channel): the channel's zero-padded plane (zero point removed) is built in
-    the task, then each 8-column block of up to 8 output rows is computed with one FMA per tap and row.
+    the task, then each block of `lanes` columns (8 or 16) of up to 8 output rows is computed with one FMA
+    per tap and row.
     `epilogue` (per-channel operands by channel, `channel` "row"): ``main(data, weight, P, out)`` applies it
     to the float accumulators (exact integers, so the same as after the int32 store) and stores its dtype.
     """
@@ -489,9 +514,11 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         bound = (255 if data_dtype == "uint8" else 65535) * 128 * taps
         if bound >= 2**24:
             raise ValueError(f"depthwise {kh}x{kw} on {data_dtype} is not exact in float32 (bound {bound})")
+    if lanes not in LANES:
+        raise ValueError(f"vector lanes must be one of {LANES}, got {lanes}")
     zp = float(data_zero_point)
-    xblocks = -(-ow // VEC)
-    full = ow // VEC
+    xblocks = -(-ow // lanes)
+    full = ow // lanes
     # Independent accumulators hide the FMA latency (4 cycles, 2 per cycle: 8 chains keep the units busy):
     # one 8-column block of `ry` output rows at a time (measured faster than several blocks of one row),
     # `ry` the row count in 5..8 that wastes fewest rows past the last (7 for a 7x7 or 14x14 output).
@@ -499,14 +526,15 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     ygroups = -(-oh // ry)
     # The padded plane is stored as `sw` column phases, phase r holding padded columns r, r + sw, ...,
     # so that every tap reads 8 consecutive floats whatever the stride. Each phase is wide enough for
-    # whole groups of 8-column blocks (extra lanes read zeros and are not stored), and tall enough for
+    # whole column blocks (extra lanes read zeros and are not stored), and tall enough for
     # whole groups of rows (extra rows likewise).
-    wq = xblocks * VEC + ((kw - 1) * dw) // sw + 1
+    wq = xblocks * lanes + ((kw - 1) * dw) // sw + 1
     hpa = max(hp, (ygroups * ry - 1) * sh + (kh - 1) * dh + 1)
-    plane_size = _ceil(sw * hpa * wq, VEC) * VEC  # whole vectors, zeroed 8 at a time
+    plane_size = _ceil(sw * hpa * wq, lanes) * lanes  # whole vectors, zeroed a vector at a time
 
     # float accumulators, stored cast to `out_dtype` (or through the epilogue)
-    store_t, n_par, out_vec, _ = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype)
+    store_t, n_par, out_vec, _ = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype, lanes=lanes)
+    f32, fma = f"float32x{lanes}", f"llvm.fma.v{lanes}f32"
 
     @T.macro
     def body(X_nd, Wt, P, Y_nd):
@@ -514,47 +542,47 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         Y = T.decl_buffer((n_ * c_ * oh * ow,), store_t, data=Y_nd.data)
         for task in T.parallel(n_ * c_):
             plane = T.alloc_buffer((plane_size,), "float32", scope="global")
-            acc = T.alloc_buffer((ry * VEC,), "float32", scope="global")
-            edge = T.alloc_buffer((VEC,), store_t, scope="global")
+            acc = T.alloc_buffer((ry * lanes,), "float32", scope="global")
+            edge = T.alloc_buffer((lanes,), store_t, scope="global")
             c = task % c_
-            for i in range(plane_size // VEC):
-                plane[T.ramp(i * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+            for i in range(plane_size // lanes):
+                plane[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             for y in range(h_):
                 for r in T.unroll(sw):
                     # phase r holds padded columns r + sw * q, i.e. input columns x = r + sw * q - pl:
                     # 8 at a time when contiguous (a strided vector load measured slower than scalars)
-                    for qv in range(((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // VEC
+                    for qv in range(((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // lanes
                                     if sw == 1 else 0):
-                        plane[T.ramp((r * hpa + y + pt) * wq + (pl - r + sw - 1) // sw + qv * VEC, 1, VEC)] = T.Cast(
-                            "float32x8", X[T.ramp((task * h_ + y) * w_ + r + sw * ((pl - r + sw - 1) // sw + qv * VEC)
-                                                  - pl, sw, VEC)]) - T.broadcast(T.float32(zp), VEC)
+                        plane[T.ramp((r * hpa + y + pt) * wq + (pl - r + sw - 1) // sw + qv * lanes, 1, lanes)] = T.Cast(
+                            f32, X[T.ramp((task * h_ + y) * w_ + r + sw * ((pl - r + sw - 1) // sw + qv * lanes)
+                                                  - pl, sw, lanes)]) - T.broadcast(T.float32(zp), lanes)
                     for q in range((pl - r + sw - 1) // sw + (
-                            ((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // VEC * VEC if sw == 1 else 0),
+                            ((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // lanes * lanes if sw == 1 else 0),
                                    (w_ + pl - r + sw - 1) // sw):
                         plane[(r * hpa + y + pt) * wq + q] = \
                             T.Cast("float32", X[(task * h_ + y) * w_ + r + sw * q - pl]) - T.float32(zp)
             for yg in range(ygroups):
                 for xb in range(xblocks):
                     for v in T.unroll(ry):
-                        acc[T.ramp(v * VEC, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+                        acc[T.ramp(v * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                     for ky in T.unroll(kh):
                         for kx in T.unroll(kw):
                             for v in T.unroll(ry):
-                                acc[T.ramp(v * VEC, 1, VEC)] = T.call_llvm_pure_intrin(
-                                    "float32x8", "llvm.fma.v8f32", T.broadcast(Wt[c * taps + ky * kw + kx], VEC),
+                                acc[T.ramp(v * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                                    f32, fma, T.broadcast(Wt[c * taps + ky * kw + kx], lanes),
                                     plane[T.ramp(((kx * dw) % sw * hpa + (yg * ry + v) * sh + ky * dh) * wq
-                                                 + xb * VEC + (kx * dw) // sw, 1, VEC)],
-                                    acc[T.ramp(v * VEC, 1, VEC)])
+                                                 + xb * lanes + (kx * dw) // sw, 1, lanes)],
+                                    acc[T.ramp(v * lanes, 1, lanes)])
                     for v in T.unroll(ry):
                         if yg * ry + v < oh:
                             if xb < full:
-                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * VEC, 1, VEC)] = \
-                                    out_vec(P, acc[T.ramp(v * VEC, 1, VEC)], c, 0)
+                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
+                                    out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
                             else:
-                                # the epilogue on all 8 lanes, then the valid ones stored one by one
-                                edge[T.ramp(0, 1, VEC)] = out_vec(P, acc[T.ramp(v * VEC, 1, VEC)], c, 0)
-                                for xt in range(ow - full * VEC):
-                                    Y[(task * oh + yg * ry + v) * ow + full * VEC + xt] = edge[xt]
+                                # the epilogue on all lanes, then the valid ones stored one by one
+                                edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
+                                for xt in range(ow - full * lanes):
+                                    Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
 
     if epilogue is None:
         @T.prim_func
@@ -571,7 +599,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
 
     return _with_spec(main, "depthwise", data_shape=[n_, c_, h_, w_], kernel_size=[kh, kw], strides=[sh, sw],
                       padding=[pt, pl, pb, pr], dilation=[dh, dw], data_dtype=data_dtype,
-                      data_zero_point=int(data_zero_point), out_dtype=out_dtype)
+                      data_zero_point=int(data_zero_point), out_dtype=out_dtype, lanes=lanes)
 
 
 # ------------------------------------------------------------------------ direct conv (KxK, strided)
@@ -684,6 +712,8 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     if is_int and g.c * g.kh * g.kw > MAX_EXACT_K:
         raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}")
     mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
+    if tiling.lanes != VEC:
+        raise ValueError(f"the direct conv kernel has {VEC}-lane tiles only, got {tiling.lanes}")
     nb = tiling.nb
     mp = _ceil(g.o, mr) * mr
     mblocks = mp // mr

@@ -12,8 +12,8 @@ The bias add, activation and the next layer's quantize that follow are elementwi
 them into the integer kernel's epilogue (generic kernels) or into one elementwise kernel after it.
 
 Kernel libraries (`kernels`): "generic" emits the target-independent TE computes of
-`tvm_mpq.kernels.quantized`; "x86_avx2" emits the packed GEMM / depthwise kernels of
-`tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to
+`tvm_mpq.kernels.quantized`; "x86_avx2" (and "x86_avx512", the same kernels on 512-bit vectors) emits
+the packed GEMM / depthwise kernels of `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to
 TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
 grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
 in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
@@ -97,7 +97,7 @@ class _Rewriter(PyExprMutator):
             return super().visit_var_binding_(binding)
         layer, cand, tag = hit
         args = [self.visit_expr(a) for a in binding.value.args]
-        if self.kernels == "x86_avx2" and layer.op_type == "conv2d":
+        if self.kernels in PACKED_CPU_LIBRARIES and layer.op_type == "conv2d":
             args[0], layer = self._fold_zero_pad(args[0], layer)
         new = emit_layer(self.builder_, layer, cand, args, self.weights.get(layer.name),
                          self.encodings.get(layer.name, ()), kernels=self.kernels, tag=tag,
@@ -142,7 +142,9 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
     return bb.emit(relax.op.astype(y, enc.dtype))
 
 
-KERNEL_LIBRARIES = ("generic", "x86_avx2")
+KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512")
+# the libraries of the packed x86 kernels (`tvm_mpq.kernels.x86_avx2`), by their vector lanes
+PACKED_CPU_LIBRARIES = {"x86_avx2": 8, "x86_avx512": 16}
 
 # Kernel functions of layer i are named "mpqL<i>_<kernel>" (FuseOps keeps the name inside the fused
 # function's name), so a per-call profile of the compiled model maps calls back to layers.
@@ -158,8 +160,8 @@ def _tagged(tag: str, name: str) -> str:
 
 
 def _fast_float32(layer: Layer, cand: Candidate, kernels: str) -> bool:
-    """FP32 layers the x86 AVX2 library lowers itself (everything else FP32 stays TVM's operator)."""
-    return (kernels == "x86_avx2" and not cand.is_quantized and cand.float_dtype == "float32"
+    """FP32 layers the x86 libraries lower themselves (everything else FP32 stays TVM's operator)."""
+    return (kernels in PACKED_CPU_LIBRARIES and not cand.is_quantized and cand.float_dtype == "float32"
             and avx2.supports(layer.workload, "float32"))
 
 
@@ -183,7 +185,7 @@ def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weig
     if cand.float_dtype != "float32":
         return _emit_reduced_float(bb, layer, cand, args, weight)
     if _fast_float32(layer, cand, kernels):
-        return _emit_float32_avx2(bb, layer, args, weight, tag)
+        return _emit_float32_avx2(bb, layer, args, weight, tag, PACKED_CPU_LIBRARIES[kernels])
     raise ValueError(f"layer {layer.name}: FP32 needs no lowering with the {kernels!r} kernels")
 
 
@@ -196,7 +198,9 @@ def _quantized_weight(weight: np.ndarray, bits: int):
 def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool,
                     kernels: str = "generic", tag: str = ""):
     wl = layer.workload
-    fast = kernels == "x86_avx2" and avx2.supports(wl, encs[0].dtype) and all(e.dtype == "uint8" for e in encs)
+    fast = (kernels in PACKED_CPU_LIBRARIES and avx2.supports(wl, encs[0].dtype)
+            and all(e.dtype == "uint8" for e in encs))
+    lanes = PACKED_CPU_LIBRARIES.get(kernels, 8)
 
     def quantized(x, enc):
         return x if inputs_quantized else emit_quantize(bb, x, enc)
@@ -205,7 +209,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(args[0], encs[0])
         if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag)
+            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -225,7 +229,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(x, encs[0])
         if fast:
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag)
+            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -241,7 +245,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     aq = quantized(args[0], encs[0])
     bq = quantized(args[1], encs[1])
     if fast:
-        acc = avx2.matmul(bb, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point, tag=tag)
+        acc = avx2.matmul(bb, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point, tag=tag,
+                          lanes=lanes)
     else:
         acc = bb.emit_te(
             qbatch_matmul, aq, bq, a_zero_point=encs[0].zero_point, b_zero_point=encs[1].zero_point,
@@ -251,20 +256,20 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     return bb.emit(relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor, "float32")))
 
 
-def _emit_float32_avx2(bb, layer: Layer, args, weight, tag: str = ""):
+def _emit_float32_avx2(bb, layer: Layer, args, weight, tag: str = "", lanes: int = 8):
     wl = layer.workload
     if layer.op_type == "conv2d":
-        return avx2.conv2d(bb, args[0], weight, wl, dtype="float32", tag=tag)
+        return avx2.conv2d(bb, args[0], weight, wl, dtype="float32", tag=tag, lanes=lanes)
     if layer.op_type == "linear":
         x = args[0]
         k, n = wl.weight_shape[1], wl.weight_shape[0]
         if len(wl.input_shape) != 2:
             x = bb.emit(relax.op.reshape(x, (-1, k)))
-        y = avx2.dense(bb, x, weight.reshape(n, k), dtype="float32", tag=tag)
+        y = avx2.dense(bb, x, weight.reshape(n, k), dtype="float32", tag=tag, lanes=lanes)
         if len(wl.input_shape) != 2:
             y = bb.emit(relax.op.reshape(y, tuple(wl.output_shape)))
         return y
-    return avx2.matmul(bb, args[0], args[1], dtype="float32", tag=tag)
+    return avx2.matmul(bb, args[0], args[1], dtype="float32", tag=tag, lanes=lanes)
 
 
 def _emit_reduced_float(bb, layer: Layer, cand: Candidate, args, weight):

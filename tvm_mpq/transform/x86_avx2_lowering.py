@@ -1,9 +1,11 @@
-"""Relax emission of layers on the x86 AVX2 kernels (`tvm_mpq.kernels.x86_avx2`).
+"""Relax emission of layers on the x86 AVX2 / AVX-512 kernels (`tvm_mpq.kernels.x86_avx2`).
 
 Each function emits the packing of the runtime operand (a TE compute, which FuseOps fuses with the
 quantize in front of it), the packed constant operand (packed here, at compile time) and one `call_tir`
 of the GEMM or depthwise PrimFunc. It returns the raw accumulator with the shape and dtype the generic
 kernels return (int32 for 8-bit activations, float32 for FP32 layers), so requantization is shared.
+`lanes` 16 (the "x86_avx512" library) builds the GEMMs and the depthwise convs of rows of 16 or more
+columns on 512-bit vectors; the direct conv (first layers) stays on 8 lanes.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def _pack_panels(bb, x, zero_point: int, tiling, dtype: str, conv_input: bool = 
     shape = [int(v) for v in x.ty.shape]
     if conv_input:
         name, compute = "pack_conv_panels", lambda t: k.pack_conv_panels(
-            t, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), dtype=dtype)
+            t, zero_point, tiling.nr, kernel=(1, 1), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), dtype=dtype,
+            lanes=tiling.lanes)
     else:
-        name, compute = "pack_panels", lambda t: k.pack_panels(t, zero_point, tiling.nr, dtype=dtype)
+        name, compute = "pack_panels", lambda t: k.pack_panels(t, zero_point, tiling.nr, dtype=dtype,
+                                                               lanes=tiling.lanes)
     if dtype != "int16" or x.ty.dtype != "uint8":
         return bb.emit_te(compute, x, primfunc_name_hint=name)
     cols = shape[2] * shape[3] if conv_input else shape[-1]
@@ -94,7 +98,8 @@ def _pack_rows(bb, x, zero_point: int, tiling, dtype: str):
     return bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
 
 
-def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = ""):
+def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = "",
+           lanes: int = k.VEC):
     """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
     constant weight [O, C/g, KH, KW] (integer values, or float32) → accumulator [N, O, OH, OW]."""
     n, c = wl.input_shape[0], wl.input_shape[1]
@@ -104,7 +109,8 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
     if wl.groups != 1:  # depthwise
         func = k.depthwise_func(wl.input_shape, (kh, kw), strides=wl.strides, padding=wl.padding,
                                 dilation=wl.dilation, data_dtype="uint8" if dtype == "int16" else "float32",
-                                data_zero_point=zero_point, out_dtype=out_dtype)
+                                data_zero_point=zero_point, out_dtype=out_dtype,
+                                lanes=lanes if ow >= lanes else k.VEC)  # narrow rows would waste half the lanes
         w = relax.const(np.ascontiguousarray(weight.reshape(o, kh * kw), dtype=np.float32).reshape(-1))
         return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype, tag)
     if (kh, kw) != (1, 1) or tuple(wl.strides) != (1, 1) or any(wl.padding):
@@ -121,7 +127,7 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
         return _call(bb, k.direct_conv_func(g, tiling, dtype), "avx2_direct_conv", [a, xp], (n, o, oh, ow),
                      out_dtype, tag)
     cols = oh * ow  # pointwise: a GEMM over the flattened pixels
-    tiling = k.choose_tiling(n, o, cols)
+    tiling = k.choose_tiling(n, o, cols, lanes=lanes)
     a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
     b = _pack_panels(bb, x, zero_point, tiling, dtype, conv_input=True)
     func = k.gemm_func(n, o, cols, cg * kh * kw, tiling, dtype=dtype, a_batched=False, b_batched=True,
@@ -129,19 +135,21 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
     return _call(bb, func, "avx2_gemm", [a, b], (n, o, oh, ow), out_dtype, tag)
 
 
-def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16", tag: str = ""):
+def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16", tag: str = "",
+          lanes: int = k.VEC):
     """x [M, K] @ weight[N, K].T with a constant weight → accumulator [M, N]."""
     m, kk = (int(v) for v in x.ty.shape)
     nn = int(weight.shape[0])
     out_dtype = "int32" if dtype == "int16" else "float32"
-    tiling = k.choose_tiling(1, m, nn)
+    tiling = k.choose_tiling(1, m, nn, lanes=lanes)
     a = _pack_rows(bb, x, zero_point, tiling, dtype)
-    b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype))
+    b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype, lanes=lanes))
     func = k.gemm_func(1, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=False, out_shape=(m, nn))
     return _call(bb, func, "avx2_gemm", [a, b], (m, nn), out_dtype, tag)
 
 
-def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16", tag: str = ""):
+def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16", tag: str = "",
+           lanes: int = k.VEC):
     """a [*B, M, K] @ b [*B, K, N] (both runtime tensors, same batch dims) → accumulator [*B, M, N]."""
     ash = [int(v) for v in a.ty.shape]
     bsh = [int(v) for v in b.ty.shape]
@@ -150,7 +158,7 @@ def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str
     lead, m, kk, nn = ash[:-2], ash[-2], ash[-1], bsh[-1]
     batch = int(np.prod(lead)) if lead else 1
     out_dtype = "int32" if dtype == "int16" else "float32"
-    tiling = k.choose_tiling(batch, m, nn)
+    tiling = k.choose_tiling(batch, m, nn, lanes=lanes)
     pa = _pack_rows(bb, a, a_zero_point, tiling, dtype)
     pb = _pack_panels(bb, b, b_zero_point, tiling, dtype)
     func = k.gemm_func(batch, m, nn, kk, tiling, dtype=dtype, a_batched=True, b_batched=True,
