@@ -18,6 +18,7 @@ TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"})
 TARGET_512 = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
 DEV = tvm.cpu()
 LANES = [8, pytest.param(16, marks=pytest.mark.skipif(not host_runs("x86_avx512"), reason="no AVX-512 here"))]
+needs_vnni = pytest.mark.skipif(not host_runs("x86_avx512_vnni"), reason="no AVX-512 VNNI here")
 
 
 def _target(lanes: int):
@@ -75,6 +76,58 @@ def test_gemm_int16_bit_exact(batch, m, n, kk, a_batched, b_batched, lanes):
     got = _run(func, pa, pb, out_shape=(batch, m, n), out_dtype="int32", lanes=lanes)
     ref = np.einsum("bmk,bkn->bmn", np.broadcast_to(a, (batch, m, kk)), np.broadcast_to(b, (batch, kk, n)))
     np.testing.assert_array_equal(got, ref)
+
+
+@needs_vnni
+@pytest.mark.parametrize("batch,m,n,kk,zp", [
+    (1, 37, 53, 29, 7),       # odd everything: K not a multiple of 4, edge tiles both ways
+    (2, 16, 64, 8, 0),        # exact tiles, batch 2
+    (1, 5, 17, 3, 255),       # K below one group, largest zero point
+    (1, 96, 200, 1283, 128),  # long K
+])
+def test_gemm_u8s8_bit_exact(batch, m, n, kk, zp):
+    """The VNNI GEMM on raw uint8 activations equals sum((x - zp) * w) both ways round: activations as the
+    vector operand (1x1 conv, unsigned "b") and as the broadcast rows (dense, unsigned "a")."""
+    rng = np.random.default_rng(m * n + kk)
+    x = rng.integers(0, 256, (batch, kk, n)).astype(np.uint8)
+    w = rng.integers(-127, 128, (m, kk)).astype(np.int8)
+    zc = k.zero_point_correction(w, zp)
+    ref = np.einsum("mk,bkn->bmn", w.astype(np.int64), x.astype(np.int64) - zp)
+    t = k.choose_tiling(batch, m, n, lanes=16)
+    panels = _run(k.pack_quads_func(x.shape, t.nb), x, out_shape=k.pack_quads_shape(x.shape, t.nb),
+                  out_dtype="uint8", lanes=16)
+    got = _run(k.gemm_func(batch, m, n, kk, t, dtype="u8s8", a_batched=False, unsigned="b"),
+               k.pack_weight_quad_rows(w, t.mr), panels, zc, out_shape=(batch, m, n), out_dtype="int32", lanes=16)
+    np.testing.assert_array_equal(got, ref)
+    rows = x[0].T.copy()  # [n, kk]: tokens x features
+    t = k.choose_tiling(1, n, m, lanes=16)
+    mp = -(-n // t.mr) * t.mr
+    a = _run(k.pack_quad_rows_func(n, kk, t.mr), rows, out_shape=(1, mp, -(-kk // 4)), out_dtype="int32", lanes=16)
+    got = _run(k.gemm_func(1, n, m, kk, t, dtype="u8s8", b_batched=False, unsigned="a"), a,
+               k.pack_weight_quad_panels(w, t.nr), zc, out_shape=(1, n, m), out_dtype="int32", lanes=16)
+    np.testing.assert_array_equal(got[0], ref[0].T)
+
+
+def test_pack_quads_layout_and_u8s8_refusals():
+    """The quad packing's layout on a small case (NumPy reference; built, not run, so any x86 host checks
+    it), and the u8s8 GEMM refuses 8-lane tiles and unknown operand roles."""
+    x = np.arange(5 * 6, dtype=np.uint8).reshape(1, 5, 6)
+    ref = np.zeros((1, 1, 2, 16, 4), np.uint8)
+    for q in range(2):
+        for j in range(6):
+            for t in range(4):
+                if 4 * q + t < 5:
+                    ref[0, 0, q, j, t] = x[0, 4 * q + t, j]
+    assert k.pack_quads_shape(x.shape, 16) == ref.shape
+    if host_runs("x86_avx512_vnni"):
+        got = _run(k.pack_quads_func(x.shape, 16), x, out_shape=ref.shape, out_dtype="uint8", lanes=16)
+        np.testing.assert_array_equal(got, ref)
+    with pytest.raises(ValueError, match="16-lane"):
+        k.gemm_func(1, 4, 16, 8, k.GemmTiling(4, 2), dtype="u8s8")
+    with pytest.raises(ValueError, match="unsigned"):
+        k.gemm_func(1, 4, 16, 8, k.GemmTiling(4, 1, 1, 16), dtype="u8s8", unsigned="c")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        k.pack_quads_func((1, 4, 8), 8)
 
 
 def test_gemm_int16_extremes_do_not_saturate():
@@ -227,6 +280,21 @@ def test_lowered_conv_float32_and_depthwise():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@needs_vnni
+def test_lowered_vnni_conv_and_dense_bit_exact():
+    """Through Relax with `vnni`: a 1x1 conv and a dense layer on the u8s8 GEMM, exactly the int64 sums."""
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (1, 19, 9, 9)).astype(np.uint8)
+    w = rng.integers(-127, 128, (13, 19, 1, 1)).astype(np.int8)
+    wl = _conv_wl(x.shape, w.shape, (1, 1), (0, 0, 0, 0))
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, zero_point=200, lanes=16, vnni=True), [x], 16)
+    np.testing.assert_array_equal(got, _conv_ref(x, w, 200, (1, 1), (0, 0, 0, 0)))
+    xd = rng.integers(0, 256, (7, 45)).astype(np.uint8)
+    wd = rng.integers(-127, 128, (30, 45)).astype(np.int8)
+    got = _build_and_run(lambda bb, xv: low.dense(bb, xv, wd, zero_point=3, lanes=16, vnni=True), [xd], 16)
+    np.testing.assert_array_equal(got, (xd.astype(np.int64) - 3) @ wd.T.astype(np.int64))
+
+
 @pytest.mark.parametrize("lanes", LANES)
 def test_lowered_dense_and_matmul_int_bit_exact(lanes):
     rng = np.random.default_rng(6)
@@ -243,8 +311,9 @@ def test_lowered_dense_and_matmul_int_bit_exact(lanes):
 
 def test_support_and_library_selection():
     assert kernel_library(TARGET) == "x86_avx2"
-    assert kernel_library(TARGET_512) == "x86_avx512"
-    assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})) == "x86_avx512"
+    assert kernel_library(TARGET_512) == "x86_avx512_vnni"
+    assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})) == "x86_avx512"
+    assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})) == "x86_avx512_vnni"
     assert kernel_library(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == "x86_avx2"
     assert kernel_library(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
                                              "mcpu": "cortex-a76"})) == "generic"

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 
 def kernel_library(target) -> str:
-    """The kernel library for a TVM target: "x86_avx512" for LLVM targets whose CPU has AVX-512 F/BW/VL
-    (skylake-avx512, cascadelake, sapphirerapids, znver4, ...), "x86_avx2" for those with AVX2 and FMA
-    (core-avx2, znver3, ...), "generic" otherwise."""
+    """The kernel library for a TVM target: "x86_avx512_vnni" for LLVM targets whose CPU has AVX-512
+    F/BW/VL and VNNI (cascadelake, icelake-server, sapphirerapids, znver4, ...), "x86_avx512" for AVX-512
+    without VNNI (skylake-avx512), "x86_avx2" for AVX2 and FMA (core-avx2, znver3, ...), "generic"
+    otherwise."""
     try:
         from tvm.target import codegen
 
         if target.kind.name == "llvm" and codegen.target_has_features("avx2", target) \
                 and codegen.target_has_features("fma", target):
             if all(codegen.target_has_features(f, target) for f in ("avx512f", "avx512bw", "avx512vl")):
-                return "x86_avx512"
+                return "x86_avx512_vnni" if codegen.target_has_features("avx512vnni", target) else "x86_avx512"
             return "x86_avx2"
     except Exception:  # noqa: BLE001 - targets LLVM cannot describe (e.g. no mcpu for the triple)
         pass
@@ -21,7 +22,8 @@ def kernel_library(target) -> str:
 
 
 
-LIBRARY_CPU_FLAGS = {"x86_avx2": ("avx2", "fma"), "x86_avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")}
+LIBRARY_CPU_FLAGS = {"x86_avx2": ("avx2", "fma"), "x86_avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl"),
+                     "x86_avx512_vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
 
 
 def host_cpu_flags() -> set[str]:
@@ -49,7 +51,7 @@ def host_runs(library: str) -> bool:
 # kernels declare their buffers `tirx.noalias` (TVM 0.27's name; the `tir.` spelling was silently ignored);
 # 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves;
 # 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue
-KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7, "x86_avx512": 1}
+KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7, "x86_avx512": 1, "x86_avx512_vnni": 1}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

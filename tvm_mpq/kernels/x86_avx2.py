@@ -42,7 +42,8 @@ from .epilogue import Epilogue, to_float
 
 __all__ = [
     "GemmTiling", "choose_tiling", "gemm_func", "pack_rows", "pack_panels", "pack_conv_panels",
-    "pack_weight_rows", "pack_weight_panels", "pack_pairs_func", "MAX_EXACT_K",
+    "pack_weight_rows", "pack_weight_panels", "pack_pairs_func", "pack_quads_func", "pack_quad_rows_func",
+    "pack_weight_quad_rows", "pack_weight_quad_panels", "zero_point_correction", "MAX_EXACT_K",
 ]
 
 VEC = 8  # int32 / float32 lanes in a 256-bit register
@@ -116,6 +117,26 @@ def choose_tiling(batch: int, m: int, n: int, threads: int = 2, lanes: int = VEC
 # ---------------------------------------------------------------------------------------------- GEMM
 
 
+def _mac_u8s8_macro(unsigned: str):
+    """TVMScript macro ``mac(acc, at, a_scalar, b_vec)`` of the "u8s8" GEMM: acc[at:at+16] += the dot products
+    of 4-byte groups, one AVX-512 VNNI `vpdpbusd` (u8 x s8, four products summed into each int32, no
+    saturation). `unsigned` "b": b_vec holds the u8 operand (activation panels) and a_scalar four s8
+    (weights); "a": a_scalar holds four u8 (an activation row) and b_vec the s8 weight panels."""
+    if unsigned == "b":
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(at, 1, 16)], T.reinterpret("int8x64", b_vec),
+                T.reinterpret("int8x64", T.broadcast(a_scalar, 16)))
+    else:
+        @T.macro
+        def mac(acc, at, a_scalar, b_vec):
+            acc[T.ramp(at, 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(at, 1, 16)],
+                T.reinterpret("int8x64", T.broadcast(a_scalar, 16)), b_vec)
+    return mac
+
+
 def _mac_macro(is_int: bool, lanes: int = VEC):
     """TVMScript macro ``mac(acc, at, a_scalar, b_vec)``: acc[at:at+lanes] += broadcast(a_scalar) * b_vec, as
     one `vpmaddwd` on int16 pairs (a_scalar: an int32 holding two int16) or one float32 FMA."""
@@ -173,7 +194,7 @@ def _with_spec(func, kind: str, **params):
 
 def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: str = "int16",
               a_batched: bool = True, b_batched: bool = True, out_shape=None,
-              epilogue: Optional[Epilogue] = None, channel: str = "none"):
+              epilogue: Optional[Epilogue] = None, channel: str = "none", unsigned: str = "b"):
     """TVMScript PrimFunc ``gemm(A, B, C)`` with the packed layouts of the module docstring.
 
     dtype "int16": A int32 [Ba, Mp, K2] (int16 pairs), B int16 [Bb, NP, K2, NB, 2], C int32 [batch, m, n].
@@ -184,8 +205,21 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     `epilogue`: ``gemm(A, B, P, C)`` applies it to the register tile and stores its dtype; P float32
     [n_vectors, m or n] holds its per-channel operands, the channel being the row (`channel` "row"),
     the column ("col") or neither ("none").
+    dtype "u8s8" (16 lanes, AVX-512 VNNI): raw uint8 activations times int8 weights in groups of four k:
+    A int32 [Ba, Mp, K4] (four bytes of a row), B [Bb, NP, K4, NB, 4] bytes; `unsigned` "b" (B uint8
+    activations, A int8 weights: a 1x1 conv) or "a" (A uint8 activations, B int8 weights: a dense layer).
+    ``gemm(A, B, ZC, [P,] C)``: ZC int32 [m] ("b") or [n] ("a") is zero point x weight sum per output
+    channel, subtracted from the accumulator, which is then exactly the int16 path's sum of (x - zp) * w.
     """
-    if dtype == "int16":
+    if dtype == "u8s8":
+        if tiling.lanes != 16 or unsigned not in ("a", "b"):
+            raise ValueError(f"the u8s8 GEMM has 16-lane tiles and unsigned 'a' or 'b', got {tiling.lanes}, "
+                             f"{unsigned!r}")
+        if k > MAX_EXACT_K:
+            raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}, got K={k}")
+        kk, pair = _ceil(k, 4), 4
+        acc_t, a_t, b_t = "int32", "int32", "uint8" if unsigned == "b" else "int8"
+    elif dtype == "int16":
         if k > MAX_EXACT_K:
             raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}, got K={k}")
         kk, pair = _ceil(k, 2), 2
@@ -194,7 +228,7 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
         kk, pair = k, 1
         acc_t, a_t, b_t = "float32", "float32", "float32"
     else:
-        raise ValueError(f"dtype must be 'int16' or 'float32', got {dtype!r}")
+        raise ValueError(f"dtype must be 'int16', 'u8s8' or 'float32', got {dtype!r}")
     mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
     nb, L = tiling.nb, tiling.lanes
     mp = _ceil(m, mr) * mr
@@ -207,20 +241,32 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     b_stride_b = npan * kk * nb * pair if b_batched else 0
     vlen = L * pair  # B elements per vector load
     tasks = batch * npan * mc
-    is_int = dtype == "int16"
+    is_int = dtype != "float32"
+    quads = dtype == "u8s8"
     a_shape = (ba, mp, kk)
-    b_shape = (bb, npan, kk, nb, 2) if is_int else (bb, npan, kk, nb)
+    b_shape = (bb, npan, kk, nb, pair) if is_int else (bb, npan, kk, nb)
+    zc_len = m if unsigned == "b" else n
     c_shape = tuple(int(v) for v in out_shape) if out_shape is not None else (batch, m, n)
     if int(np.prod(c_shape)) != batch * m * n:
         raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
     out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, m if channel == "row" else n, channel,
                                                  lanes=L)
 
-    mac = _mac_macro(is_int, L)
+    mac = _mac_u8s8_macro(unsigned) if quads else _mac_macro(is_int, L)
     zero = T.int32(0) if is_int else T.float32(0)
 
+    def corrected(ZC, v, row, col):  # the zero-point correction of the u8s8 GEMM (identity otherwise)
+        if not quads:
+            return v
+        return v - (T.broadcast(ZC[row], L) if unsigned == "b" else ZC[T.ramp(col, 1, L)])
+
+    def corrected1(ZC, v, row, col):
+        if not quads:
+            return v
+        return v - ZC[row if unsigned == "b" else col]
+
     @T.macro
-    def body(A, B, P, C_nd):
+    def body(A, B, ZC, P, C_nd):
         Af = T.decl_buffer((ba * mp * kk,), a_t, data=A.data)
         Bf = T.decl_buffer((bb * npan * kk * nb * pair,), b_t, data=B.data)
         C = T.decl_buffer((batch * m * n,), out_t, data=C_nd.data)
@@ -245,7 +291,8 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
                                 C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * L, 1, L)] = out_vec(
-                                    P, acc[T.ramp((i * nr + j) * L, 1, L)], m0 + i, no * nb + j * L)
+                                    P, corrected(ZC, acc[T.ramp((i * nr + j) * L, 1, L)], m0 + i, no * nb + j * L),
+                                    m0 + i, no * nb + j * L)
                     else:
                         # edge tile: copy out with constant indices (keeps `acc` in registers), then mask
                         for t in T.unroll(mr * nr):
@@ -254,22 +301,35 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                             for jl in range(nb):
                                 if m0 + i < m and no * nb + jl < n:
                                     C[(b_ * m + m0 + i) * n + no * nb + jl] = out_scalar(
-                                        P, edge[i * nb + jl], m0 + i, no * nb + jl)
+                                        P, corrected1(ZC, edge[i * nb + jl], m0 + i, no * nb + jl), m0 + i,
+                                        no * nb + jl)
 
-    if epilogue is None:
+    if quads and epilogue is None:
+        @T.prim_func
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), "int32"),
+                 C_nd: T.Buffer(c_shape, out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, B, ZC, None, C_nd)
+    elif quads:
+        @T.prim_func
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), "int32"),
+                 P: T.Buffer((n_par,), "float32"), C_nd: T.Buffer(c_shape, out_t)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(A, B, ZC, P, C_nd)
+    elif epilogue is None:
         @T.prim_func
         def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), C_nd: T.Buffer(c_shape, out_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            body(A, B, None, C_nd)
+            body(A, B, None, None, C_nd)
     else:
         @T.prim_func
         def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), P: T.Buffer((n_par,), "float32"),
                  C_nd: T.Buffer(c_shape, out_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            body(A, B, P, C_nd)
+            body(A, B, None, P, C_nd)
 
     return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc, L], dtype=dtype,
-                      a_batched=a_batched, b_batched=b_batched, out_shape=list(c_shape))
+                      a_batched=a_batched, b_batched=b_batched, out_shape=list(c_shape), unsigned=unsigned)
 
 
 # -------------------------------------------------------------------------- packing (TE, at runtime)
@@ -450,6 +510,71 @@ def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: boo
     return main
 
 
+def pack_quads_shape(shape, nb: int, *, conv_input: bool = False) -> tuple[int, ...]:
+    """Shape of the uint8 B panels `pack_quads_func` writes: [B, NP, K4, NB, 4]."""
+    batch, k, n = _pairs_operand(tuple(int(v) for v in shape), conv_input)
+    return (batch, _ceil(n, nb), _ceil(k, 4), nb, 4)
+
+
+def pack_quads_func(shape, nb: int, *, conv_input: bool = False):
+    """PrimFunc ``main(X, Y)``: the uint8 B panels of the u8s8 GEMM ([B, NP, K4, NB, 4]: for each column the
+    four k of a group adjacent, raw values, padding 0) of a uint8 tensor X whose last two axes are [K, N], or
+    of a 1x1-conv input [N, C, H, W] read as [N, C, H*W] (`conv_input`). Each 16 columns of four rows are
+    four vector loads and one interleaving shuffle; opaque to fusion like `pack_pairs_func`."""
+    if nb % 16:
+        raise ValueError(f"panel width {nb} is not a multiple of 16")
+    shape = tuple(int(v) for v in shape)
+    batch, k, n = _pairs_operand(shape, conv_input)
+    _, npan, k4, _, _ = pack_quads_shape(shape, nb, conv_input=conv_input)
+    lanes = [j + 16 * t for j in range(16) for t in range(4)]  # column j: rows 4q..4q+3
+
+    @T.prim_func(check_well_formed=False)  # the root block (see below) is not plain TIR
+    def main(X_nd: T.Buffer(shape, "uint8"), Y_nd: T.Buffer((batch, npan, k4, nb, 4), "uint8")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        # a root block: Relax's reshape analysis expects one in a one-input function of equal size
+        with T.sblock("root"):
+            X = T.decl_buffer((batch * k * n,), "uint8", data=X_nd.data)
+            Y = T.decl_buffer((batch * npan * k4 * nb * 4,), "uint8", data=Y_nd.data)
+            for task in T.parallel(batch * npan):
+                b = task // npan
+                p = task % npan
+                for q in range(k4):
+                    for jb in range(nb // 16):
+                        c0 = p * nb + jb * 16
+                        base = ((task * k4 + q) * nb + jb * 16) * 4
+                        if c0 + 16 <= n and 4 * q + 3 < k:
+                            Y[T.ramp(base, 1, 64)] = T.Shuffle(
+                                [X[T.ramp((b * k + 4 * q + t) * n + c0, 1, 16)] for t in range(4)], lanes)
+                        else:  # edge: padded columns or rows past K are 0
+                            for j in range(16):
+                                for t in range(4):
+                                    if c0 + j < n and 4 * q + t < k:
+                                        Y[base + 4 * j + t] = X[(b * k + 4 * q + t) * n + c0 + j]
+                                    else:
+                                        Y[base + 4 * j + t] = T.uint8(0)
+
+    return main
+
+
+def pack_quad_rows_func(m: int, k: int, mr: int):
+    """PrimFunc ``main(X, Y)``: the A rows of the u8s8 GEMM (int32 [1, Mp, K4], four bytes of a row each)
+    of uint8 activations X [M, K]: the rows' bytes, padded with 0 to whole groups and tiles."""
+    mp, k4 = _ceil(m, mr) * mr, _ceil(k, 4)
+
+    @T.prim_func(check_well_formed=False)  # the root block (see below) is not plain TIR
+    def main(X_nd: T.Buffer((m, k), "uint8"), Y_nd: T.Buffer((1, mp, k4), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        with T.sblock("root"):  # as in `pack_quads_func`
+            X = T.decl_buffer((m * k,), "uint8", data=X_nd.data)
+            Y = T.decl_buffer((mp * k4 * 4,), "uint8", data=Y_nd.data)
+            for r in T.parallel(mp):
+                for c in range(k4 * 4):
+                    Y[r * k4 * 4 + c] = T.if_then_else(r < m and c < k, X[T.min(r, m - 1) * k + T.min(c, k - 1)],
+                                                       T.uint8(0))
+
+    return main
+
+
 # ----------------------------------------------------------------------- packing (NumPy, compile time)
 
 
@@ -481,6 +606,29 @@ def pack_weight_panels(w_nk: np.ndarray, nr: int, dtype: str = "int16", lanes: i
     full = np.zeros((npan * nb, k2 * 2), np.int16)
     full[:n, :k] = w_nk
     return full.reshape(npan, nb, k2, 2).transpose(0, 2, 1, 3).reshape(1, npan, k2, nb, 2).copy()
+
+
+def pack_weight_quad_rows(w2d: np.ndarray, mr: int) -> np.ndarray:
+    """A operand of the u8s8 GEMM from int8 weights [M, K] (a 1x1 conv): [1, Mp, K4] int32, four k each."""
+    m, k = w2d.shape
+    out = np.zeros((_ceil(m, mr) * mr, _ceil(k, 4) * 4), np.int8)
+    out[:m, :k] = w2d
+    return out.view(np.int32).reshape(1, out.shape[0], -1).copy()
+
+
+def pack_weight_quad_panels(w_nk: np.ndarray, nr: int, lanes: int = 16) -> np.ndarray:
+    """B operand of the u8s8 GEMM from int8 dense weights [N, K]: [1, NP, K4, NB, 4] int8."""
+    n, k = w_nk.shape
+    nb = lanes * nr
+    npan, k4 = _ceil(n, nb), _ceil(k, 4)
+    full = np.zeros((npan * nb, k4 * 4), np.int8)
+    full[:n, :k] = w_nk
+    return full.reshape(npan, nb, k4, 4).transpose(0, 2, 1, 3).reshape(1, npan, k4, nb, 4).copy()
+
+
+def zero_point_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
+    """ZC of the u8s8 GEMM: zero point x the sum of each output channel's weights (rows of w2d), int32."""
+    return (int(zero_point) * w2d.astype(np.int64).sum(axis=1)).astype(np.int32)
 
 
 # ------------------------------------------------------------------------------------- depthwise conv
@@ -807,7 +955,7 @@ def epilogue_geometry(spec: dict) -> tuple[int, int, tuple[str, ...], str, bool]
     column ("col"); a conv's rows are its output channels and its columns its pixels."""
     kind, p = spec["kind"], spec["params"]
     if kind == "gemm":
-        return p["m"], p["n"], ("row", "col"), "int32" if p["dtype"] == "int16" else "float32", True
+        return p["m"], p["n"], ("row", "col"), "float32" if p["dtype"] == "float32" else "int32", True
     if kind == "direct_conv":
         g = p["geometry"]
         geo = DirectConvGeometry(**g)

@@ -257,10 +257,11 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
         f"{len(tasks)} tasks, store {store_path}")
     from ..kernels import kernel_library
 
-    can_in_model = spec is not None and not rpc and kernel_library(profile.tvm_target()) in ("x86_avx2", "x86_avx512")
+    can_in_model = (spec is not None and not rpc
+                    and kernel_library(profile.tvm_target()) in ("x86_avx2", "x86_avx512", "x86_avx512_vnni"))
     if in_model and not can_in_model:
         raise ValueError("in-model profiling needs a model, measurement on this machine (no --rpc) and a target "
-                         "whose kernel library lowers every layer (x86_avx2, x86_avx512)")
+                         "whose kernel library lowers every layer (x86_avx2, x86_avx512, x86_avx512_vnni)")
     in_model = can_in_model if in_model is None else in_model
     store = MeasurementStore(store_path)
     in_model_summary = None

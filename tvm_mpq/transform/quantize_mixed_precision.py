@@ -12,7 +12,8 @@ The bias add, activation and the next layer's quantize that follow are elementwi
 them into the integer kernel's epilogue (generic kernels) or into one elementwise kernel after it.
 
 Kernel libraries (`kernels`): "generic" emits the target-independent TE computes of
-`tvm_mpq.kernels.quantized`; "x86_avx2" (and "x86_avx512", the same kernels on 512-bit vectors) emits
+`tvm_mpq.kernels.quantized`; "x86_avx2" (and "x86_avx512", the same kernels on 512-bit vectors, and
+"x86_avx512_vnni", which adds the VNNI u8 x s8 GEMM for 1x1 convs and dense layers) emits
 the packed GEMM / depthwise kernels of `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to
 TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
 grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
@@ -142,9 +143,9 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
     return bb.emit(relax.op.astype(y, enc.dtype))
 
 
-KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512")
+KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512", "x86_avx512_vnni")
 # the libraries of the packed x86 kernels (`tvm_mpq.kernels.x86_avx2`), by their vector lanes
-PACKED_CPU_LIBRARIES = {"x86_avx2": 8, "x86_avx512": 16}
+PACKED_CPU_LIBRARIES = {"x86_avx2": 8, "x86_avx512": 16, "x86_avx512_vnni": 16}
 
 # Kernel functions of layer i are named "mpqL<i>_<kernel>" (FuseOps keeps the name inside the fused
 # function's name), so a per-call profile of the compiled model maps calls back to layers.
@@ -201,6 +202,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     fast = (kernels in PACKED_CPU_LIBRARIES and avx2.supports(wl, encs[0].dtype)
             and all(e.dtype == "uint8" for e in encs))
     lanes = PACKED_CPU_LIBRARIES.get(kernels, 8)
+    vnni = kernels == "x86_avx512_vnni"
 
     def quantized(x, enc):
         return x if inputs_quantized else emit_quantize(bb, x, enc)
@@ -209,7 +211,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(args[0], encs[0])
         if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes)
+            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -229,7 +231,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         xq = quantized(x, encs[0])
         if fast:
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes)
+            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
+                             vnni=vnni)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(

@@ -5,7 +5,10 @@ quantize in front of it), the packed constant operand (packed here, at compile t
 of the GEMM or depthwise PrimFunc. It returns the raw accumulator with the shape and dtype the generic
 kernels return (int32 for 8-bit activations, float32 for FP32 layers), so requantization is shared.
 `lanes` 16 (the "x86_avx512" library) builds the GEMMs and the depthwise convs of rows of 16 or more
-columns on 512-bit vectors; the direct conv (first layers) stays on 8 lanes.
+columns on 512-bit vectors; the direct conv (first layers) stays on 8 lanes. `vnni` (the "x86_avx512_vnni"
+library) runs 1x1 convs and dense layers with uint8 activations on the u8s8 GEMM (AVX-512 VNNI
+`vpdpbusd` on raw uint8 activations and int8 weights, the zero point subtracted per output channel):
+half the operand bytes of the int16 pairs and twice the multiply-adds per instruction.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def _pack_rows(bb, x, zero_point: int, tiling, dtype: str):
 
 
 def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = "",
-           lanes: int = k.VEC):
+           lanes: int = k.VEC, vnni: bool = False):
     """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
     constant weight [O, C/g, KH, KW] (integer values, or float32) → accumulator [N, O, OH, OW]."""
     n, c = wl.input_shape[0], wl.input_shape[1]
@@ -127,6 +130,17 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
         return _call(bb, k.direct_conv_func(g, tiling, dtype), "avx2_direct_conv", [a, xp], (n, o, oh, ow),
                      out_dtype, tag)
     cols = oh * ow  # pointwise: a GEMM over the flattened pixels
+    if vnni and dtype == "int16" and x.ty.dtype == "uint8":
+        tiling = k.choose_tiling(n, o, cols, lanes=16)
+        w2d = weight.reshape(o, -1).astype(np.int8)
+        a = relax.const(k.pack_weight_quad_rows(w2d, tiling.mr))
+        shape = [int(v) for v in x.ty.shape]
+        b = _call(bb, k.pack_quads_func(shape, tiling.nb, conv_input=True), "avx512_pack_quads", [x],
+                  k.pack_quads_shape(shape, tiling.nb, conv_input=True), "uint8")
+        zc = relax.const(k.zero_point_correction(w2d, zero_point))
+        func = k.gemm_func(n, o, cols, cg * kh * kw, tiling, dtype="u8s8", a_batched=False, b_batched=True,
+                           out_shape=(n, o, oh, ow), unsigned="b")
+        return _call(bb, func, "avx512_vnni_gemm", [a, b, zc], (n, o, oh, ow), out_dtype, tag)
     tiling = k.choose_tiling(n, o, cols, lanes=lanes)
     a = relax.const(k.pack_weight_rows(weight.reshape(o, -1), tiling.mr, dtype))
     b = _pack_panels(bb, x, zero_point, tiling, dtype, conv_input=True)
@@ -136,11 +150,21 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
 
 
 def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16", tag: str = "",
-          lanes: int = k.VEC):
+          lanes: int = k.VEC, vnni: bool = False):
     """x [M, K] @ weight[N, K].T with a constant weight → accumulator [M, N]."""
     m, kk = (int(v) for v in x.ty.shape)
     nn = int(weight.shape[0])
     out_dtype = "int32" if dtype == "int16" else "float32"
+    if vnni and dtype == "int16" and x.ty.dtype == "uint8":
+        tiling = k.choose_tiling(1, m, nn, lanes=16)
+        w = weight.astype(np.int8)
+        a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr), "avx512_pack_quad_rows", [x],
+                  (1, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
+        b = relax.const(k.pack_weight_quad_panels(w, tiling.nr))
+        zc = relax.const(k.zero_point_correction(w, zero_point))
+        func = k.gemm_func(1, m, nn, kk, tiling, dtype="u8s8", a_batched=True, b_batched=False, out_shape=(m, nn),
+                           unsigned="a")
+        return _call(bb, func, "avx512_vnni_gemm", [a, b, zc], (m, nn), out_dtype, tag)
     tiling = k.choose_tiling(1, m, nn, lanes=lanes)
     a = _pack_rows(bb, x, zero_point, tiling, dtype)
     b = relax.const(k.pack_weight_panels(weight, tiling.nr, dtype, lanes=lanes))
