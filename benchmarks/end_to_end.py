@@ -231,7 +231,8 @@ def benchmark_model(name: str, profile, *, fast: bool = False, batches=(1, 8), r
 
 def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), repeat: int = 20, labeled: int = 1000,
         include_search_plans: bool = True, tvm_plans: Optional[dict] = None, rounds: Optional[int] = None,
-        plans_dir: Optional[Path] = None, log: Callable[[str], None] = print) -> dict:
+        plans_dir: Optional[Path] = None, log: Callable[[str], None] = print,
+        on_model: Optional[Callable[[dict], None]] = None) -> dict:
     set_tvm_threads(THREADS)
     set_torch_threads(THREADS)
     from tvm_mpq.hardware import load_profile
@@ -248,6 +249,9 @@ def run(models, hw: str = "x86_avx2", *, fast: bool = False, batches=(1, 8), rep
                                                      labeled=labeled, include_search_plans=include_search_plans,
                                                      tvm_plans=tvm_plans, onnx_dir=Path(tmp) / name,
                                                      rounds=rounds, plans_dir=plans_dir, log=log)
+            if on_model is not None:  # what is measured so far, kept if a later model fails
+                on_model(_json_safe({**result, "load_average": {"before": list(load_before),
+                                                                "after": list(os.getloadavg())}}))
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     return _json_safe(result)
 
@@ -321,12 +325,16 @@ def main(argv=None) -> int:
                              "searches of another machine's results folder")
     args = parser.parse_args(argv)
     models = FAST_MODELS if args.fast else tuple(args.models.split(","))
-    result = run(models, args.hw, fast=args.fast, batches=tuple(int(b) for b in args.batches.split(",")),
-                 repeat=5 if args.fast else args.repeat, labeled=args.labeled, rounds=args.rounds,
-                 plans_dir=Path(args.plans_dir) if args.plans_dir else None)
     out_dir = Path(args.out_dir) if args.out_dir else results_dir(args.fast)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "end_to_end.json").write_text(json.dumps(result, indent=2))
+
+    def save(partial: dict) -> None:
+        (out_dir / "end_to_end.json").write_text(json.dumps(partial, indent=2))
+
+    result = run(models, args.hw, fast=args.fast, batches=tuple(int(b) for b in args.batches.split(",")),
+                 repeat=5 if args.fast else args.repeat, labeled=args.labeled, rounds=args.rounds,
+                 plans_dir=Path(args.plans_dir) if args.plans_dir else None, on_model=save)
+    save(result)
     plot(result, out_dir / "end_to_end.png")
     print(f"wrote {out_dir / 'end_to_end.json'}, {out_dir / 'end_to_end.png'}")
     return 0

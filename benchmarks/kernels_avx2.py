@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     for name, row in result["whole_models"].items():
         print(name, {k: round(v, 3) for k, v in row["ratios"].items()}, flush=True)
     if not args.skip_layers:
-        from benchmarks import kernels as layer_bench
+        from benchmarks import layer_kernels as layer_bench
 
         result["layers"] = layer_bench.run(models, repeat=args.repeat, ort_repeat=args.repeat)
     result["seconds"] = time.perf_counter() - t0

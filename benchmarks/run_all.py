@@ -5,7 +5,7 @@
    Latency-aware search reads the device's measurements (`tvm-mpq profile --model M --hw x86_avx2` first).
 2. `benchmarks/end_to_end.py`: PyTorch, ONNX Runtime and TVM (homogeneous and searched plans), latency at
    batch 1 and 8 and quality → end_to_end.json / end_to_end.png.
-3. `benchmarks/kernels.py`: every layer workload, TVM FP32/W8A8/W4A8 vs ONNX Runtime fp32/int8 → kernels.json.
+3. `benchmarks/layer_kernels.py`: every layer workload, TVM FP32/W8A8/W4A8 vs ONNX Runtime fp32/int8 → kernels.json.
 4. `benchmarks/workflow_cost.py`: profiling and search time and peak memory, and how they grow with model depth
    and calibration size → workflow_cost.json / workflow_cost.png.
 5. `benchmarks/epilogues.py`: what the int8 operand packing and softmax schedules are worth (each model built
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import bias_correction, end_to_end, epilogues, kernels, workflow_cost  # noqa: E402
+from benchmarks import bias_correction, end_to_end, epilogues, layer_kernels, workflow_cost  # noqa: E402
 from benchmarks.common import results_dir  # noqa: E402
 
 MIN_SQNR_DB = 30.0
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     end_to_end.plot(e2e, out / "end_to_end.png")
     print(f"[run_all] wrote {out / 'end_to_end.json'}, {out / 'end_to_end.png'}", flush=True)
 
-    kern = kernels.run(models, args.hw, repeat=repeat, ort_repeat=repeat, min_repeat_ms=5 if args.fast else None)
+    kern = layer_kernels.run(models, args.hw, repeat=repeat, ort_repeat=repeat, min_repeat_ms=5 if args.fast else None)
     (out / "kernels.json").write_text(json.dumps(kern, indent=2))
     print(f"[run_all] wrote {out / 'kernels.json'}", flush=True)
 

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from benchmarks import baselines, end_to_end, kernels  # noqa: E402
+from benchmarks import baselines, end_to_end, layer_kernels  # noqa: E402
 from benchmarks.ort_kernels import (  # noqa: E402
     ort_fused_ops, ort_workload_latency, workload_inputs, workload_model)
 from benchmarks.quality import output_quality  # noqa: E402
@@ -169,7 +169,7 @@ def test_kernels_summary_sums_layers_and_geomeans_ratios():
              "ratios": {"FP32/ort_fp32": 2.0}},
             {"layers": {"m": ["c"], "other": ["x"]}, "tvm": {"FP32": {"median_ms": 4.0}},
              "ort": {"fp32": {"median_ms": 8.0}}, "ratios": {"FP32/ort_fp32": 0.5}}]
-    s = kernels.summarize(rows, ["m"])["m"]
+    s = layer_kernels.summarize(rows, ["m"])["m"]
     assert s["layers"] == 3
     assert s["sum_of_layers_ms"] == {"tvm FP32": 8.0, "ort fp32": 10.0}
     assert math.isclose(s["geomean_ratio"]["FP32/ort_fp32"], 1.0)
@@ -180,9 +180,9 @@ def test_tvm_layer_task_beside_ort(tmp_path):
     from tvm_mpq.measure import TimingConfig
 
     profile = load_profile("x86_avx2")
-    timing = kernels.tvm_layer_latency(DEPTHWISE, "conv2d", "W8A8", profile.tvm_target(), tmp_path,
+    timing = layer_kernels.tvm_layer_latency(DEPTHWISE, "conv2d", "W8A8", profile.tvm_target(), tmp_path,
                                        TimingConfig(number=1, repeat=3, warmup=1))
-    _stats_sane(kernels._stats(timing), 3)
+    _stats_sane(layer_kernels._stats(timing), 3)
 
 
 def test_end_to_end_tiny_cnn_json(tmp_path):

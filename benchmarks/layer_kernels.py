@@ -8,7 +8,7 @@ it the same workload as a single-op ONNX Runtime graph at fp32 and int8 (`benchm
 Ratios are TVM / ORT (above 1: TVM slower): FP32 / ORT fp32, W8A8 / ORT int8, W4A8 / ORT int8. Per
 model, the sums over its layers (a workload counted once per layer) give the share of the whole model.
 
-    python benchmarks/kernels.py [--models efficientnet_lite0,minilm_l6,small_cnn] [--fast] [--out FILE]
+    python benchmarks/layer_kernels.py [--models efficientnet_lite0,minilm_l6,small_cnn] [--fast] [--out FILE]
 
 Writes benchmarks/results/kernels.json (with --fast: benchmarks/results/fast/kernels.json, not kept in git).
 """
