@@ -1,4 +1,4 @@
-"""Kernels: target-independent integer computes (TVM TE), x86 AVX2 kernels (TVMScript), CPU schedules."""
+"""Kernels: target-independent integer computes (TVM TE), x86 AVX2 / AVX-512 kernels (TVMScript), CPU schedules."""
 
 from __future__ import annotations
 

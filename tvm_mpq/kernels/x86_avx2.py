@@ -1,4 +1,4 @@
-"""Integer and float kernels for x86 CPUs with AVX2: a register-blocked GEMM micro-kernel in TVMScript.
+"""Integer and float kernels for x86 CPUs (AVX2, AVX-512): a register-blocked GEMM micro-kernel in TVMScript.
 
 Every conv2d (groups = 1), dense and activation x activation matmul becomes one GEMM
 ``C[b, m, n] = sum_k A[b, m, k] * B[b, k, n]`` on packed operands:
@@ -24,6 +24,13 @@ needed. Accumulation is int32: exact as long as K * 255 * 127 < 2^31 (K < 66 000
 The float32 path uses the same packing and blocking with ``vfmadd231ps`` on float32x8.
 
 Operands are padded to whole tiles (zeros); the output is written unpadded (edge tiles element by element).
+
+AVX-512 (``lanes`` 16, the "x86_avx512" libraries): the same kernels on zmm registers, NB = 16 * NR.
+With VNNI, the "u8s8" GEMM multiplies *raw* uint8 activations by int8 weights in groups of four k
+(``vpdpbusd``: four u8 x s8 products summed into each int32 lane, no intermediate saturation, so exact):
+operands [.., K4, NB, 4] bytes, half the int16 pairs' size; the zero point is not removed in packing but
+subtracted per output channel (zp x the channel's weight sum) from the accumulator, which is then the
+same integer as the int16 path's.
 """
 
 from __future__ import annotations
@@ -466,7 +473,8 @@ def pack_pairs_shape(shape, nb: int, *, conv_input: bool = False) -> tuple[int, 
 def pack_pairs_func(shape, nb: int, src_dtype: str = "uint8", *, conv_input: bool = False):
     """PrimFunc ``main(X, ZP, Y)``: the int16 B panels ([B, NP, K2, NB, 2] of x - zp, as `pack_panels`) of a
     uint8 tensor X whose last two axes are [K, N] — or of a 1x1-conv input [N, C, H, W] read as [N, C, H*W] —
-    hand-vectorized (`conv_input`); ZP: the zero point, int16 [1] (a runtime operand: layers of one shape share the function).
+    hand-vectorized (`conv_input`); ZP: the zero point, int16 [1] (a runtime operand: layers of one shape
+    share the function).
 
     Written as a TE compute, the interleave of two rows into int16 pairs (and the requantize FuseOps fuses
     in front of it) compiles to scalar code; here each 8 columns of rows 2q and 2q+1 are two vector loads,
@@ -684,6 +692,15 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     store_t, n_par, out_vec, _ = _outputs(epilogue, "float32", c_, channel, plain_dtype=out_dtype, lanes=lanes)
     f32, fma = f"float32x{lanes}", f"llvm.fma.v{lanes}f32"
 
+    def phase_q0(r):  # first and end column q of column phase r that hold input columns
+        return (pl - r + sw - 1) // sw
+
+    def phase_q1(r):
+        return (w_ + pl - r + sw - 1) // sw
+
+    def phase_vectors(r):  # whole vectors of a contiguous phase (stride 1), converted a vector at a time
+        return (phase_q1(r) - phase_q0(r)) // lanes if sw == 1 else 0
+
     @T.macro
     def body(X_nd, Wt, P, Y_nd):
         X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
@@ -698,15 +715,12 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
             for y in range(h_):
                 for r in T.unroll(sw):
                     # phase r holds padded columns r + sw * q, i.e. input columns x = r + sw * q - pl:
-                    # 8 at a time when contiguous (a strided vector load measured slower than scalars)
-                    for qv in range(((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // lanes
-                                    if sw == 1 else 0):
-                        plane[T.ramp((r * hpa + y + pt) * wq + (pl - r + sw - 1) // sw + qv * lanes, 1, lanes)] = T.Cast(
-                            f32, X[T.ramp((task * h_ + y) * w_ + r + sw * ((pl - r + sw - 1) // sw + qv * lanes)
-                                                  - pl, sw, lanes)]) - T.broadcast(T.float32(zp), lanes)
-                    for q in range((pl - r + sw - 1) // sw + (
-                            ((w_ + pl - r + sw - 1) // sw - (pl - r + sw - 1) // sw) // lanes * lanes if sw == 1 else 0),
-                                   (w_ + pl - r + sw - 1) // sw):
+                    # a vector at a time when contiguous (a strided vector load measured slower than scalars)
+                    for qv in range(phase_vectors(r)):
+                        plane[T.ramp((r * hpa + y + pt) * wq + phase_q0(r) + qv * lanes, 1, lanes)] = T.Cast(
+                            f32, X[T.ramp((task * h_ + y) * w_ + r + sw * (phase_q0(r) + qv * lanes) - pl, sw,
+                                          lanes)]) - T.broadcast(T.float32(zp), lanes)
+                    for q in range(phase_q0(r) + phase_vectors(r) * lanes, phase_q1(r)):
                         plane[(r * hpa + y + pt) * wq + q] = \
                             T.Cast("float32", X[(task * h_ + y) * w_ + r + sw * q - pl]) - T.float32(zp)
             for yg in range(ygroups):

@@ -13,9 +13,9 @@ them into the integer kernel's epilogue (generic kernels) or into one elementwis
 
 Kernel libraries (`kernels`): "generic" emits the target-independent TE computes of
 `tvm_mpq.kernels.quantized`; "x86_avx2" (and "x86_avx512", the same kernels on 512-bit vectors, and
-"x86_avx512_vnni", which adds the VNNI u8 x s8 GEMM for 1x1 convs and dense layers) emits
-the packed GEMM / depthwise kernels of `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to
-TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
+"x86_avx512_vnni", which adds the VNNI u8 x s8 GEMM for 1x1 convs and dense layers) emits the packed
+GEMM / depthwise kernels of `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which
+"generic" leaves to TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
 grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
 in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
 simulator quantizes them.
