@@ -50,8 +50,9 @@ def host_runs(library: str) -> bool:
 # requantize (x86_avx2), softmax as four vector passes (both: the CPU pipeline); 5 (x86_avx2): the hand-written
 # kernels declare their buffers `tirx.noalias` (TVM 0.27's name; the `tir.` spelling was silently ignored);
 # 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves;
-# 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue
-KERNEL_VERSIONS = {"generic": 4, "x86_avx2": 7, "x86_avx512": 1, "x86_avx512_vnni": 1}
+# 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue;
+# generic 5, x86_avx2 8, x86_avx512(_vnni) 2: softmax's max and sum as vectorized row reductions (CPU pipeline)
+KERNEL_VERSIONS = {"generic": 5, "x86_avx2": 8, "x86_avx512": 2, "x86_avx512_vnni": 2}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

@@ -130,20 +130,51 @@ def _fast_gelu(bb, call):
 
 
 SPLIT_SOFTMAX = True  # False: TOPI's softmax (benchmarks/epilogues.py compares the two)
+ROW_REDUCE = True  # False: softmax's max and sum under TVM's CPU reduction schedule (for comparisons)
 
 
 def _fast_softmax(bb, call):
-    """Softmax as four passes — max, exp(x - max) with TVM's polynomial exp, sum, divide — each of which the
-    CPU rules schedule (parallel rows, vector lanes). TOPI's softmax is one function of four stages that
-    the default pipeline runs single-threaded with scalar libm `expf`: 5.8 ms of MiniLM-L6's 26-31 ms."""
+    """Softmax as four passes — max, exp(x - max) with TVM's polynomial exp, sum, divide — each of which runs
+    parallel over rows on vector lanes: the max and sum over the last axis as `row_reduce_func` (TVM's CPU
+    reduction schedule keeps them scalar: 9x slower), exp and divide under the CPU rules. TOPI's softmax
+    is one function of four stages that the default pipeline runs single-threaded with scalar libm `expf`:
+    5.8 ms of MiniLM-L6's 26-31 ms."""
     from tvm import topi
 
     x = call.args[0]
     axis = int(call.attrs.axis)
-    peak = bb.emit_te(topi.max, x, axis=axis, keepdims=True, primfunc_name_hint="softmax_max")
+    shape = x.ty.shape
+    ndim = len(shape)
+    rowwise = (ROW_REDUCE and axis in (-1, ndim - 1) and x.ty.dtype == "float32"
+               and all(isinstance(d, tirx.IntImm) for d in shape))
+
+    def reduce(t, op):  # max / sum over the rows: the vectorized kernel where it applies, else TOPI's
+        if not rowwise:
+            return bb.emit_te(topi.max if op == "max" else topi.sum, t, axis=axis, keepdims=True,
+                              primfunc_name_hint=f"softmax_{op}")
+        from tvm import relax
+
+        from .row_reduce import row_reduce_func
+
+        dims = [int(d) for d in shape]
+        target = tvm.target.Target.current(allow_none=True)
+        lanes = 16 if target is not None and _has_avx512(target) else 8
+        gv = bb.add_func(row_reduce_func(dims, op, lanes).without_attr("global_symbol"), f"softmax_{op}")
+        return bb.emit(relax.call_tir(gv, [t], relax.TensorType(dims[:-1] + [1], "float32")))
+
+    peak = reduce(x, "max")
     e = bb.emit_te(lambda a, b: topi.fast_exp(topi.subtract(a, b)), x, peak, primfunc_name_hint="softmax_exp")
-    total = bb.emit_te(topi.sum, e, axis=axis, keepdims=True, primfunc_name_hint="softmax_sum")
+    total = reduce(e, "sum")
     return bb.call_te(topi.divide, e, total, primfunc_name_hint="softmax_div")
+
+
+def _has_avx512(target) -> bool:
+    from tvm.target import codegen
+
+    try:
+        return target.kind.name == "llvm" and codegen.target_has_features("avx512f", target)
+    except Exception:  # noqa: BLE001 - targets LLVM cannot describe
+        return False
 
 
 # The elementwise chain after each hand-written AVX2 kernel is stored by the kernel itself (a switch for
