@@ -22,6 +22,8 @@ def kernel_library(target) -> str:
 
 
 
+# vector lanes (float32 / int32) of the packed x86 libraries (`tvm_mpq.kernels.x86_avx2`)
+LIBRARY_LANES = {"x86_avx2": 8, "x86_avx512": 16, "x86_avx512_vnni": 16}
 LIBRARY_CPU_FLAGS = {"x86_avx2": ("avx2", "fma"), "x86_avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl"),
                      "x86_avx512_vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
 

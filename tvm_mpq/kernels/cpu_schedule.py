@@ -156,9 +156,11 @@ def _fast_softmax(bb, call):
 
         from .row_reduce import row_reduce_func
 
+        from . import LIBRARY_LANES, kernel_library
+
         dims = [int(d) for d in shape]
         target = tvm.target.Target.current(allow_none=True)
-        lanes = 16 if target is not None and _has_avx512(target) else 8
+        lanes = LIBRARY_LANES.get(kernel_library(target), 8) if target is not None else 8
         gv = bb.add_func(row_reduce_func(dims, op, lanes).without_attr("global_symbol"), f"softmax_{op}")
         return bb.emit(relax.call_tir(gv, [t], relax.TensorType(dims[:-1] + [1], "float32")))
 
@@ -166,15 +168,6 @@ def _fast_softmax(bb, call):
     e = bb.emit_te(lambda a, b: topi.fast_exp(topi.subtract(a, b)), x, peak, primfunc_name_hint="softmax_exp")
     total = reduce(e, "sum")
     return bb.call_te(topi.divide, e, total, primfunc_name_hint="softmax_div")
-
-
-def _has_avx512(target) -> bool:
-    from tvm.target import codegen
-
-    try:
-        return target.kind.name == "llvm" and codegen.target_has_features("avx512f", target)
-    except Exception:  # noqa: BLE001 - targets LLVM cannot describe
-        return False
 
 
 # The elementwise chain after each hand-written AVX2 kernel is stored by the kernel itself (a switch for

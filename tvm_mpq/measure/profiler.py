@@ -255,10 +255,9 @@ def profile_model(model_ref, hw, *, store_path=None, rpc: Optional[str] = None, 
     name = spec.name if spec is not None else "sweep"
     log(f"{name}{f' + sweep of {sweep}' if sweep and spec else ''} on {profile.name} ({device}): "
         f"{len(tasks)} tasks, store {store_path}")
-    from ..kernels import kernel_library
+    from ..kernels import LIBRARY_LANES, kernel_library
 
-    can_in_model = (spec is not None and not rpc
-                    and kernel_library(profile.tvm_target()) in ("x86_avx2", "x86_avx512", "x86_avx512_vnni"))
+    can_in_model = spec is not None and not rpc and kernel_library(profile.tvm_target()) in LIBRARY_LANES
     if in_model and not can_in_model:
         raise ValueError("in-model profiling needs a model, measurement on this machine (no --rpc) and a target "
                          "whose kernel library lowers every layer (x86_avx2, x86_avx512, x86_avx512_vnni)")

@@ -34,6 +34,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import numerics
 from ..graph import Layer, LayerGraph
+from ..kernels import LIBRARY_LANES
 from ..kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense
 from ..numerics import ActEncoding, Candidate
 from ..plan import Plan
@@ -145,7 +146,7 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
 
 KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512", "x86_avx512_vnni")
 # the libraries of the packed x86 kernels (`tvm_mpq.kernels.x86_avx2`), by their vector lanes
-PACKED_CPU_LIBRARIES = {"x86_avx2": 8, "x86_avx512": 16, "x86_avx512_vnni": 16}
+PACKED_CPU_LIBRARIES = LIBRARY_LANES
 
 # Kernel functions of layer i are named "mpqL<i>_<kernel>" (FuseOps keeps the name inside the fused
 # function's name), so a per-call profile of the compiled model maps calls back to layers.
