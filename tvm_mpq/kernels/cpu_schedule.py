@@ -7,7 +7,8 @@ softmax and layer norms. This module gives them a parallel schedule:
 
 - injective functions (after inlining what can be inlined): the loops above the innermost one fused and
   run in parallel; the innermost is left to LLVM's vectorizer;
-- reductions over the last axis (softmax, layer norm): dlight's CPU `Reduction` rule.
+- reductions over the last axis: dlight's CPU `Reduction` rule (softmax's max and sum and last-axis
+  layer norms have hand-vectorized kernels instead: `row_reduce`, `layer_norm`).
 
 Functions carrying `tirx.is_scheduled` (the hand-written AVX2 kernels) are left alone, here and by MetaSchedule.
 
@@ -131,6 +132,14 @@ def _fast_gelu(bb, call):
 
 SPLIT_SOFTMAX = True  # False: TOPI's softmax (benchmarks/epilogues.py compares the two)
 ROW_REDUCE = True  # False: softmax's max and sum under TVM's CPU reduction schedule (for comparisons)
+FAST_LAYER_NORM = True  # False: TOPI's layer norm under TVM's CPU reduction schedule (for comparisons)
+
+
+def _target_lanes(target) -> int:
+    """float32 lanes of the vector registers the target's kernel library uses (8 where it has none)."""
+    from . import LIBRARY_LANES, kernel_library
+
+    return LIBRARY_LANES.get(kernel_library(target), 8) if target is not None else 8
 
 
 def _fast_softmax(bb, call):
@@ -156,11 +165,8 @@ def _fast_softmax(bb, call):
 
         from .row_reduce import row_reduce_func
 
-        from . import LIBRARY_LANES, kernel_library
-
         dims = [int(d) for d in shape]
-        target = tvm.target.Target.current(allow_none=True)
-        lanes = LIBRARY_LANES.get(kernel_library(target), 8) if target is not None else 8
+        lanes = _target_lanes(tvm.target.Target.current(allow_none=True))
         gv = bb.add_func(row_reduce_func(dims, op, lanes).without_attr("global_symbol"), f"softmax_{op}")
         return bb.emit(relax.call_tir(gv, [t], relax.TensorType(dims[:-1] + [1], "float32")))
 
@@ -193,6 +199,7 @@ def cpu_pipeline(target, fast_math: bool = True, fuse_kernel_epilogues: Optional
     enable_vector_nearbyint()
 
     from ..transform.fuse_epilogues import fuse_epilogues
+    from ..transform.lower_layer_norm import lower_layer_norm
 
     fuse = FUSE_KERNEL_EPILOGUES if fuse_kernel_epilogues is None else fuse_kernel_epilogues
 
@@ -200,6 +207,8 @@ def cpu_pipeline(target, fast_math: bool = True, fuse_kernel_epilogues: Optional
     def _pipeline(mod, _ctx):
         if fuse:
             mod = fuse_epilogues(mod)
+        if FAST_LAYER_NORM:
+            mod = lower_layer_norm(mod, _target_lanes(target))
         with target:
             legalize = {"relax.nn.gelu": _fast_gelu}
             if SPLIT_SOFTMAX:
