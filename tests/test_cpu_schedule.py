@@ -214,3 +214,18 @@ def test_layer_norms_lower_to_the_kernel_and_fold_their_residual_add():
     a_t = np.swapaxes(av, 1, 2)
     want3 = np.swapaxes(_layer_norm_reference(a_t, g6v, be6v, 1e-6), 1, 2)
     np.testing.assert_allclose(got[2].numpy(), want3, rtol=1e-4, atol=1e-4)
+
+
+def test_elementwise_functions_use_the_targets_vector_width():
+    """On an AVX-512 target the elementwise schedule vectorizes by 16 lanes (8 on AVX2), same results."""
+    mod, pshape = _requantize_module((1, 4, 28, 28))
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    ex = compile_module(mod, target)
+    assert "llvm.nearbyint.v16f32" in _llvm_ir(ex)
+    if __import__("tvm_mpq.kernels", fromlist=["host_runs"]).host_runs("x86_avx512"):
+        rng = np.random.default_rng(5)
+        x = rng.integers(-4000, 4000, size=(1, 4, 28, 28), dtype=np.int32)
+        s = np.full(pshape, 0.025, np.float32)
+        b = rng.uniform(-1, 1, size=pshape).astype(np.float32)
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, s, b))).numpy()
+        np.testing.assert_array_equal(got, _reference(x, s, b))

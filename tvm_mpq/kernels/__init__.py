@@ -54,7 +54,9 @@ def host_runs(library: str) -> bool:
 # 6 (x86_avx2): the kernels store their requantize / bias / activation / next-quantize epilogue themselves;
 # 7 (x86_avx2): depthwise computes up to 8 output rows per block (8 FMA chains), vector plane fill and epilogue;
 # generic 5, x86_avx2 8, x86_avx512(_vnni) 2: softmax's max and sum as vectorized row reductions (CPU pipeline)
-KERNEL_VERSIONS = {"generic": 5, "x86_avx2": 8, "x86_avx512": 2, "x86_avx512_vnni": 2}
+# generic 6, x86_avx2 9, x86_avx512(_vnni) 3: last-axis layer norms as a vectorized kernel, residual add folded in;
+# x86_avx512(_vnni) 3 also: the CPU schedule vectorizes elementwise functions by 16 lanes (was 8)
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 9, "x86_avx512": 3, "x86_avx512_vnni": 3}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 
