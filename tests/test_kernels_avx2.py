@@ -146,9 +146,6 @@ def test_gemm_refuses_k_beyond_exact_int32_and_unknown_lanes():
         k.gemm_func(1, 4, 8, k.MAX_EXACT_K + 1, k.GemmTiling(4, 1))
     with pytest.raises(ValueError, match="lanes"):
         k.GemmTiling(4, 1, 1, 4)
-    g = k.direct_conv_geometry((1, 8, 9, 9), (16, 8, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
-    with pytest.raises(ValueError, match="8-lane"):
-        k.direct_conv_func(g, k.GemmTiling(2, 1, 1, 16))
 
 
 @pytest.mark.parametrize("lanes", LANES)
@@ -222,6 +219,35 @@ def test_depthwise_float32_matches_numpy():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("c,h,w,ks,stride,pad", [
+    (3, 7, 7, 5, (1, 1), (2, 2, 2, 2)),      # 7-wide rows: one vector, taps past both edges
+    (2, 14, 14, 3, (1, 1), (1, 1, 1, 1)),
+    (2, 9, 37, 3, (2, 1), (0, 1, 2, 0)),     # row stride 2, asymmetric padding, rows of several vectors + tail
+    (2, 12, 11, 5, (1, 1), (0, 3, 1, 1)),    # 5x5 on one vector, left padding wider than the taps' reach
+])
+@pytest.mark.parametrize("lanes", LANES)
+def test_depthwise_float32_direct_reads_match_the_plane_kernel(c, h, w, ks, stride, pad, lanes):
+    """The float32 depthwise that reads its input under lane masks (no padded plane) gives the plane kernel's
+    results bit for bit, and NumPy's within float32 rounding."""
+    rng = np.random.default_rng(c * 10 + h)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c, 1, ks, ks)).astype(np.float32)
+    ref = _conv_ref(x.astype(np.float64), wt.astype(np.float64), 0, stride, pad, groups=c)
+    outs = {}
+    try:
+        for direct in (False, True):
+            k.DEPTHWISE_DIRECT = direct
+            func = k.depthwise_func(x.shape, (ks, ks), strides=stride, padding=pad, dilation=(1, 1),
+                                    data_dtype="float32", out_dtype="float32", lanes=lanes)
+            # the plane stays for 5x5 taps over rows of several vectors (where it measured faster)
+            assert ("masked_load" in func.script()) == (direct and (ks <= 3 or ref.shape[-1] <= lanes))
+            outs[direct] = _run(func, x, wt.reshape(-1), out_shape=ref.shape, out_dtype="float32", lanes=lanes)
+    finally:
+        k.DEPTHWISE_DIRECT = True
+    np.testing.assert_array_equal(outs[True], outs[False])
+    np.testing.assert_allclose(outs[True], ref, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- through Relax
 
 
@@ -252,6 +278,7 @@ def _conv_wl(x_shape, w_shape, stride, pad, groups=1, dil=(1, 1)):
     ((1, 3, 17, 19), (8, 3, 3, 3), (2, 2), (0, 0, 1, 1), (1, 1)),   # stem-like, strided, asymmetric pad
     ((1, 19, 9, 9), (13, 19, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),  # pointwise, odd channels
     ((2, 4, 10, 10), (6, 4, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),   # batch 2, dilation
+    ((1, 3, 45, 45), (32, 3, 3, 3), (2, 2), (0, 0, 1, 1), (1, 1)),  # rows of 23: two 16-lane vectors, a tail
 ])
 @pytest.mark.parametrize("lanes", LANES)
 def test_lowered_conv_int_bit_exact(x_shape, w_shape, stride, pad, dil, lanes):
@@ -265,19 +292,28 @@ def test_lowered_conv_int_bit_exact(x_shape, w_shape, stride, pad, dil, lanes):
     np.testing.assert_array_equal(got, _conv_ref(x, w, zp, stride, pad, dil))
 
 
-def test_lowered_conv_float32_and_depthwise():
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("size", [11, 29])  # conv / depthwise rows of 11 / 6 columns, 29 / 15
+def test_lowered_conv_float32_and_depthwise(lanes, size):
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((1, 6, 11, 11)).astype(np.float32)
+    x = rng.standard_normal((1, 6, size, size)).astype(np.float32)
     w = rng.standard_normal((9, 6, 3, 3)).astype(np.float32)
     wl = _conv_wl(x.shape, w.shape, (1, 1), (1, 1, 1, 1))
-    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, dtype="float32"), [x])
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, w, wl, dtype="float32", lanes=lanes), [x], lanes)
     ref = _conv_ref(x.astype(np.float64), w.astype(np.float64), 0, (1, 1), (1, 1, 1, 1))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     wd = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
     wl_dw = _conv_wl(x.shape, wd.shape, (2, 2), (1, 1, 1, 1), groups=6)
-    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, wd, wl_dw, dtype="float32"), [x])
+    got = _build_and_run(lambda bb, xv: low.conv2d(bb, xv, wd, wl_dw, dtype="float32", lanes=lanes), [x], lanes)
     ref = _conv_ref(x.astype(np.float64), wd.astype(np.float64), 0, (2, 2), (1, 1, 1, 1), groups=6)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_row_lanes_takes_16_where_it_needs_fewer_vectors():
+    """A conv's output row takes 16-lane vectors where that needs fewer vectors than 8 lanes (9+ columns), 8
+    where one 8-lane vector holds it, and 8 on an 8-lane library."""
+    assert [low.row_lanes(ow, 16) for ow in (7, 8, 9, 14, 16, 56, 112)] == [8, 8, 16, 16, 16, 16, 16]
+    assert low.row_lanes(112, 8) == 8
 
 
 @needs_vnni

@@ -56,7 +56,9 @@ def host_runs(library: str) -> bool:
 # generic 5, x86_avx2 8, x86_avx512(_vnni) 2: softmax's max and sum as vectorized row reductions (CPU pipeline)
 # generic 6, x86_avx2 9, x86_avx512(_vnni) 3: last-axis layer norms as a vectorized kernel, residual add folded in;
 # x86_avx512(_vnni) 3 also: the CPU schedule vectorizes elementwise functions by 16 lanes (was 8)
-KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 9, "x86_avx512": 3, "x86_avx512_vnni": 3}
+# x86_avx2 10, x86_avx512(_vnni) 4: float32 depthwise reads its input under lane masks (no padded plane) where
+# faster; depthwise and direct conv rows take 16 lanes wherever that needs fewer vectors (x86_avx512)
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 10, "x86_avx512": 4, "x86_avx512_vnni": 4}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

@@ -56,6 +56,7 @@ __all__ = [
 VEC = 8  # int32 / float32 lanes in a 256-bit register
 LANES = (8, 16)  # AVX2 (ymm) or AVX-512 (zmm) kernels
 ACC_CHAINS = 8  # independent FMA accumulators a float kernel needs to hide the FMA latency
+DEPTHWISE_DIRECT = True  # float32 depthwise with column stride 1 reads X under masks (no padded plane)
 MAX_EXACT_K = (2**31 - 1) // (255 * 127)  # int32 accumulation of (u8 - zp) * s8 terms cannot overflow below this
 
 
@@ -653,7 +654,9 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
     KH*KW of them stays below 2^24, where float32 represents integers exactly (checked).
     One parallel task per (image, channel): the channel's zero-padded plane (zero point removed) is built in
     the task, then each block of `lanes` columns (8 or 16) of up to 8 output rows is computed with one FMA
-    per tap and row.
+    per tap and row. float32 data with column stride 1 skips the plane where that measured faster (3x3
+    taps, or rows of one vector): each tap loads its input row segment from the data under a lane mask
+    (out-of-row lanes are zeros, the padding) and input rows outside the image are skipped.
     `epilogue` (per-channel operands by channel, `channel` "row"): ``main(data, weight, P, out)`` applies it
     to the float accumulators (exact integers, so the same as after the int32 store) and stores its dtype.
     """
@@ -746,18 +749,65 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                 for xt in range(ow - full * lanes):
                                     Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
 
+    def col_mask(xb, kx):  # lanes of column block xb at tap column kx that fall inside the input row
+        cols = T.ramp(xb * lanes + kx * dw - pl, 1, lanes)
+        return T.And(cols >= T.broadcast(0, lanes), cols < T.broadcast(w_, lanes))
+
+    @T.macro
+    def body_direct(X_nd, Wt, P, Y_nd):
+        # float32, column stride 1: every tap reads its input row straight from X under a mask (lanes
+        # outside the row read as 0, the zero padding, and are not accessed); rows outside are skipped
+        X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
+        Y = T.decl_buffer((n_ * c_ * oh * ow,), store_t, data=Y_nd.data)
+        for task in T.parallel(n_ * c_):
+            acc = T.alloc_buffer((ry * lanes,), "float32", scope="global")
+            edge = T.alloc_buffer((lanes,), store_t, scope="global")
+            c = task % c_
+            for yg in range(ygroups):
+                for xb in range(xblocks):
+                    for v in T.unroll(ry):
+                        acc[T.ramp(v * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+                    for ky in T.unroll(kh):
+                        for kx in T.unroll(kw):
+                            for v in T.unroll(ry):
+                                if (yg * ry + v) * sh + ky * dh >= pt and (yg * ry + v) * sh + ky * dh < pt + h_:
+                                    acc[T.ramp(v * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                                        f32, fma, T.broadcast(Wt[c * taps + ky * kw + kx], lanes),
+                                        T.masked_load(f32, X, T.ramp((task * h_ + (yg * ry + v) * sh + ky * dh - pt) * w_
+                                                                     + xb * lanes + kx * dw - pl, 1, lanes),
+                                                      col_mask(xb, kx)),
+                                        acc[T.ramp(v * lanes, 1, lanes)])
+                    for v in T.unroll(ry):
+                        if yg * ry + v < oh:
+                            if xb < full:
+                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
+                                    out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
+                            else:
+                                edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
+                                for xt in range(ow - full * lanes):
+                                    Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+
+    # measured (2 threads, AVX-512): 0.6-0.85x the plane kernel with 3x3 taps at every width and 5x5 on rows of
+    # one vector (7, 14); 1.1-1.3x on 5x5 taps over rows of several vectors (28, 56), which keep the plane
+    direct = DEPTHWISE_DIRECT and data_dtype == "float32" and sw == 1 and (kw <= 3 or xblocks == 1)
     if epilogue is None:
         @T.prim_func
         def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
                  Y_nd: T.Buffer((n_, c_, oh, ow), store_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            body(X_nd, Wt, None, Y_nd)
+            if direct:
+                body_direct(X_nd, Wt, None, Y_nd)
+            else:
+                body(X_nd, Wt, None, Y_nd)
     else:
         @T.prim_func
         def main(X_nd: T.Buffer((n_, c_, h_, w_), data_dtype), Wt: T.Buffer((c_ * taps,), "float32"),
                  P: T.Buffer((n_par,), "float32"), Y_nd: T.Buffer((n_, c_, oh, ow), store_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            body(X_nd, Wt, P, Y_nd)
+            if direct:
+                body_direct(X_nd, Wt, P, Y_nd)
+            else:
+                body(X_nd, Wt, P, Y_nd)
 
     return _with_spec(main, "depthwise", data_shape=[n_, c_, h_, w_], kernel_size=[kh, kw], strides=[sh, sw],
                       padding=[pt, pl, pb, pr], dilation=[dh, dw], data_dtype=data_dtype,
@@ -815,14 +865,14 @@ def direct_conv_geometry(x_shape, w_shape, strides, padding, dilation) -> Direct
     return DirectConvGeometry(n, c, h, w, o, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw)
 
 
-def choose_row_tiling(g: DirectConvGeometry, threads: int = 2) -> GemmTiling:
-    """MR output channels x NR vectors of one output row (`_best_tile` over O x OW)."""
-    mr, nr = _best_tile(g.o, g.ow)
-    tasks = g.n * g.oh * _ceil(g.ow, VEC * nr)
+def choose_row_tiling(g: DirectConvGeometry, threads: int = 2, lanes: int = VEC) -> GemmTiling:
+    """MR output channels x NR vectors of `lanes` of one output row (`_best_tile` over O x OW)."""
+    mr, nr = _best_tile(g.o, g.ow, lanes)
+    tasks = g.n * g.oh * _ceil(g.ow, lanes * nr)
     mc, mblocks = 1, _ceil(g.o, mr)
     while tasks * mc < 4 * threads and mc * 2 <= mblocks:
         mc *= 2
-    return GemmTiling(mr, nr, mc)
+    return GemmTiling(mr, nr, mc, lanes)
 
 
 def pack_conv_input(x: te.Tensor, zero_point: int, g: DirectConvGeometry, nb: int, dtype: str = "int16"):
@@ -865,7 +915,8 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
                      epilogue: Optional[Epilogue] = None, channel: str = "row"):
     """PrimFunc ``main(A, X, C)``: conv of the packed input X with packed weights A → C [N, O, OH, OW]
     (int32, or float32). One task per (image, output row, column block, row chunk); the MR x NR register
-    tile accumulates over channel pairs x taps with `vpmaddwd` (float32: FMA). `epilogue` (per-channel
+    tile of `tiling.lanes`-lane vectors (8 or 16) accumulates over channel pairs x taps with `vpmaddwd`
+    (float32: FMA). `epilogue` (per-channel
     operands by output channel, `channel` "row"): ``main(A, X, P, C)``, as `gemm_func`."""
     is_int = dtype == "int16"
     pair = 2 if is_int else 1
@@ -873,9 +924,7 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     kk = cc * g.kh * g.kw
     if is_int and g.c * g.kh * g.kw > MAX_EXACT_K:
         raise ValueError(f"int32 accumulation is exact only for K <= {MAX_EXACT_K}")
-    mr, nr, mc = tiling.mr, tiling.nr, tiling.m_chunks
-    if tiling.lanes != VEC:
-        raise ValueError(f"the direct conv kernel has {VEC}-lane tiles only, got {tiling.lanes}")
+    mr, nr, mc, L = tiling.mr, tiling.nr, tiling.m_chunks, tiling.lanes
     nb = tiling.nb
     mp = _ceil(g.o, mr) * mr
     mblocks = mp // mr
@@ -884,7 +933,7 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     xb = _ceil(ow, nb)
     tasks = g.n * oh * xb * mc
     acc_t, a_t, x_t = ("int32", "int32", "int16") if is_int else ("float32", "float32", "float32")
-    vlen = VEC * pair
+    vlen = L * pair
     plane = hp * wq * pair          # one channel (pair) of one phase
     phase = cc * plane
     image = g.sw * phase
@@ -892,10 +941,10 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
     kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
     o = g.o
 
-    mac = _mac_macro(is_int)
+    mac = _mac_macro(is_int, L)
     zero = T.int32(0) if is_int else T.float32(0)
 
-    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, o, channel)
+    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, o, channel, lanes=L)
 
     @T.macro
     def body(A, X_nd, P, C_nd):
@@ -903,8 +952,8 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
         Xf = T.decl_buffer((g.n * image,), x_t, data=X_nd.data)
         C = T.decl_buffer((g.n * o * oh * ow,), out_t, data=C_nd.data)
         for task in T.parallel(tasks):
-            acc = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
-            edge = T.alloc_buffer((mr * nr * VEC,), acc_t, scope="global")
+            acc = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
+            edge = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
             b_ = task // (oh * xb * mc)
             oy = task % (oh * xb * mc) // (xb * mc)
             bx = task % (xb * mc) // mc
@@ -913,24 +962,24 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
                 if ch * per_chunk + mo_i < mblocks:
                     m0 = (ch * per_chunk + mo_i) * mr
                     for t in T.unroll(mr * nr):
-                        acc[T.ramp(t * VEC, 1, VEC)] = T.broadcast(zero, VEC)
+                        acc[T.ramp(t * L, 1, L)] = T.broadcast(zero, L)
                     for q in range(cc):
                         for ky in range(kh):
                             for kx in T.unroll(kw):
                                 for i in T.unroll(mr):
                                     for j in T.unroll(nr):
-                                        mac(acc, (i * nr + j) * VEC, Af[(m0 + i) * kk + (q * kh + ky) * kw + kx],
+                                        mac(acc, (i * nr + j) * L, Af[(m0 + i) * kk + (q * kh + ky) * kw + kx],
                                             Xf[T.ramp(b_ * image + (kx * dw) % sw * phase + q * plane
-                                                      + ((oy * sh + ky * dh) * wq + bx * nb + j * VEC
+                                                      + ((oy * sh + ky * dh) * wq + bx * nb + j * L
                                                          + (kx * dw) // sw) * pair, 1, vlen)])
                     if m0 + mr <= o and bx * nb + nb <= ow:
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
-                                C[T.ramp(((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + j * VEC, 1, VEC)] = \
-                                    out_vec(P, acc[T.ramp((i * nr + j) * VEC, 1, VEC)], m0 + i, 0)
+                                C[T.ramp(((b_ * o + m0 + i) * oh + oy) * ow + bx * nb + j * L, 1, L)] = \
+                                    out_vec(P, acc[T.ramp((i * nr + j) * L, 1, L)], m0 + i, 0)
                     else:
                         for t in T.unroll(mr * nr):
-                            edge[T.ramp(t * VEC, 1, VEC)] = acc[T.ramp(t * VEC, 1, VEC)]
+                            edge[T.ramp(t * L, 1, L)] = acc[T.ramp(t * L, 1, L)]
                         for i in range(mr):
                             for jl in range(nb):
                                 if m0 + i < o and bx * nb + jl < ow:
@@ -949,7 +998,7 @@ def direct_conv_func(g: DirectConvGeometry, tiling: GemmTiling, dtype: str = "in
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             body(A, X_nd, P, C_nd)
 
-    return _with_spec(main, "direct_conv", geometry=dataclasses.asdict(g), tiling=[mr, nr, mc], dtype=dtype)
+    return _with_spec(main, "direct_conv", geometry=dataclasses.asdict(g), tiling=[mr, nr, mc, L], dtype=dtype)
 
 
 # ------------------------------------------------------------------------------- fused epilogues

@@ -101,6 +101,13 @@ def _pack_rows(bb, x, zero_point: int, tiling, dtype: str):
     return bb.emit_te(k.pack_rows, x, zero_point, tiling.mr, dtype=dtype)
 
 
+def row_lanes(ow: int, lanes: int) -> int:
+    """Vector width of a depthwise or direct conv with output rows of `ow` columns on a library of `lanes`:
+    the widest that needs fewer vectors per row than 8 lanes (a 14-wide row: one 16-lane vector instead of
+    two 8-lane ones), else 8 (a 7-wide row fits one 8-lane vector; 16 lanes would only read more)."""
+    return lanes if -(-ow // lanes) < -(-ow // k.VEC) else k.VEC
+
+
 def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtype: str = "int16", tag: str = "",
            lanes: int = k.VEC, vnni: bool = False):
     """Conv (groups 1 or depthwise) of x [N, C, H, W] (uint8 for dtype int16, float32 for float32) with a
@@ -113,13 +120,13 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
         func = k.depthwise_func(wl.input_shape, (kh, kw), strides=wl.strides, padding=wl.padding,
                                 dilation=wl.dilation, data_dtype="uint8" if dtype == "int16" else "float32",
                                 data_zero_point=zero_point, out_dtype=out_dtype,
-                                lanes=lanes if ow >= lanes else k.VEC)  # narrow rows would waste half the lanes
+                                lanes=row_lanes(ow, lanes))
         w = relax.const(np.ascontiguousarray(weight.reshape(o, kh * kw), dtype=np.float32).reshape(-1))
         return _call(bb, func, "avx2_depthwise", [x, w], (n, o, oh, ow), out_dtype, tag)
     if (kh, kw) != (1, 1) or tuple(wl.strides) != (1, 1) or any(wl.padding):
         # KxK / strided / padded: direct conv on a once-packed input (no im2col copies)
         g = k.direct_conv_geometry(wl.input_shape, wl.weight_shape, wl.strides, wl.padding, wl.dilation)
-        tiling = k.choose_row_tiling(g)
+        tiling = k.choose_row_tiling(g, lanes=row_lanes(ow, lanes))
         a = relax.const(k.pack_direct_conv_weight(weight, tiling.mr, dtype))
         if dtype == "int16" and x.ty.dtype == "uint8":  # unfused from the requantize, as `_pack_panels`
             xp = _unfused_te(bb, lambda t: k.pack_conv_input(t, zero_point, g, tiling.nb, dtype=dtype), x,
