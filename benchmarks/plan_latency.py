@@ -37,7 +37,9 @@ def _act(cand: str) -> str:
     return "F" if bits == 32 else f"A{bits}"
 
 
-def run(model: str, hw: str, plan_ref: str, runs: int = 40, rounds: int = 10) -> dict:
+def run(model: str, hw: str, plan_ref: str, runs: int = 40, rounds: int = 10, store_path=None,
+        device=None) -> dict:
+    """The comparison (see the module docstring); `store_path`, `device`: as `tvm_mpq.latency.load_latency_table`."""
     import tvm
     from tvm import relax
 
@@ -63,7 +65,7 @@ def run(model: str, hw: str, plan_ref: str, runs: int = 40, rounds: int = 10) ->
     else:
         plan = resolve(homogeneous_plan(graph, profile, plan_ref, synthetic_ranges(graph), model=model), graph,
                        profile)
-    table = load_latency_table(graph, profile)
+    table = load_latency_table(graph, profile, store_path=store_path, device=device)
     if not any(e.source == "in-model" for row in table.layers.values() for e in row.values()):
         raise SystemExit(f"no in-model measurements of {model} on {hw} in the store: run "
                          f"`tvm-mpq profile --model {model} --hw {hw}` first")

@@ -177,3 +177,25 @@ def test_boundary_builds_correct_the_table_of_mixed_plans(tiny, x86_profile, mea
         err_with += abs(table.model_ms(plan) - edges.model_ms[label])
         err_without += abs(additive - edges.model_ms[label])
     assert err_with < err_without
+
+
+def test_plan_latency_sets_measured_segments_beside_the_tables(tiny, x86_profile, measured, tmp_path):
+    """benchmarks/plan_latency.py on a plan the table covers: one row per layer with its neighbours'
+    precisions, the table's prediction of the plan, and measured segments that add up to the measured model."""
+    from benchmarks import plan_latency
+
+    _, rows = measured
+    with MeasurementStore(tmp_path / "store.sqlite") as store:
+        store.put_many(rows)  # the table takes segments once every candidate has its build
+        measure_in_model(tiny, x86_profile, candidates=["W4A8", "W8A16"], runs=2, rounds=2, store=store)
+    result = plan_latency.run("tiny_cnn", x86_profile.name, "W8A8", runs=4, rounds=2,
+                              store_path=tmp_path / "store.sqlite", device="local")
+    names = list(tiny.graph.layers)
+    assert [r["layer"] for r in result["layers"]] == names
+    assert all(r["candidate"] == "W8A8" and r["boundary_ms"] == 0.0 for r in result["layers"])
+    assert result["predicted_ms"] == pytest.approx(sum(r["predicted_ms"] for r in result["layers"]))
+    measured_total = sum(r["measured_ms"] for r in result["layers"])
+    assert measured_total == pytest.approx(result["measured_ms"]["median_ms"], rel=1e-6)
+    assert sum(s["layers"] for s in result["by_situation"].values()) == len(names)
+    with pytest.raises(SystemExit, match="no in-model measurements"):
+        plan_latency.run("tiny_cnn", x86_profile.name, "W8A8", runs=2, rounds=1, store_path=tmp_path / "empty.sqlite")

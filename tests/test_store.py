@@ -120,6 +120,27 @@ def test_export_import_between_stores(tmp_path):
     assert {m.source for m in c.query()} == {"measured"}
 
 
+def test_cli_store_export_list_import_take_options_in_any_order(tmp_path, capsys):
+    """`tvm-mpq store export --hw NAME FILE` (as the README writes it) and `store export FILE --hw NAME` both
+    export; `store list` counts; `store import FILE` fills another store; a missing file is refused."""
+    from tvm_mpq.cli import main
+
+    a = MeasurementStore(tmp_path / "a.db")
+    for i in range(3):
+        a.put(_m(i))
+    a.put(_m(0, profile="other"))
+    a.close()
+    out1, out2 = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert main(["store", "export", "--hw", "x86_avx2", str(out1), "--store", str(tmp_path / "a.db")]) == 0
+    assert main(["store", "export", str(out2), "--store", str(tmp_path / "a.db"), "--hw", "x86_avx2"]) == 0
+    assert out1.read_text() == out2.read_text() and len(out1.read_text().splitlines()) == 4
+    assert main(["store", "import", str(out1), "--store", str(tmp_path / "b.db")]) == 0
+    assert main(["store", "list", "--store", str(tmp_path / "b.db")]) == 0
+    assert "x86_avx2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["store", "export", "--store", str(tmp_path / "a.db")])
+
+
 def test_import_reports_bad_line(tmp_path):
     a = MeasurementStore(tmp_path / "a.db")
     for i in range(4):

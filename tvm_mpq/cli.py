@@ -422,11 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_latency)
 
     p = sub.add_parser("store", help="list, export or import measurements (to travel with a profile)")
-    p.add_argument("action", choices=["list", "export", "import"])
-    p.add_argument("file", nargs="?", help="JSON-lines file for export/import")
-    p.add_argument("--hw", help="only this profile (list/export)")
-    p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
-    p.set_defaults(func=_cmd_store)
+    # one sub-command per action, so options and the file may come in any order
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,export,import}")
+    for action, text in (("list", "count the stored measurements by profile, device and kind"),
+                         ("export", "write measurements to a JSON-lines file"),
+                         ("import", "read measurements from a JSON-lines file")):
+        a = actions.add_parser(action, help=text)
+        if action != "list":
+            a.add_argument("file", help="JSON-lines file")
+        if action != "import":
+            a.add_argument("--hw", help="only this profile")
+        a.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
+        a.set_defaults(func=_cmd_store, hw=None)
 
     p = sub.add_parser("layers", help="list the quantizable layers, workloads and quantizer groups")
     p.add_argument("--model", required=True, help=MODEL_HELP)
