@@ -44,6 +44,39 @@ def layer_norm_func(shape, epsilon: float, lanes: int = 8, residual: bool = Fals
     def bc(x):
         return T.broadcast(x, lanes)
 
+    def x_at(X, R, i):  # the value normalized at flat index (or vector of indices) i: X, or X + R
+        return X[i] + R[i] if residual else X[i]
+
+    @T.macro
+    def body(X, R, G, B, Y):
+        for r in T.parallel(rows):
+            acc = T.alloc_buffer((lanes,), "float32", scope="global")
+            s = T.alloc_buffer((2,), "float32", scope="global")
+            acc[vec(0)] = bc(T.float32(0))
+            for v in range(full):
+                acc[vec(0)] = acc[vec(0)] + x_at(X, R, vec(r * n + v * lanes))
+            s[0] = T.float32(0)
+            for lane in range(lanes):
+                s[0] = s[0] + acc[lane]
+            for t in range(full * lanes, n):
+                s[0] = s[0] + x_at(X, R, r * n + t)
+            s[0] = s[0] / T.float32(n)
+            acc[vec(0)] = bc(T.float32(0))
+            for v in range(full):
+                acc[vec(0)] = acc[vec(0)] + (x_at(X, R, vec(r * n + v * lanes)) - bc(s[0])) * (
+                    x_at(X, R, vec(r * n + v * lanes)) - bc(s[0]))
+            s[1] = T.float32(0)
+            for lane in range(lanes):
+                s[1] = s[1] + acc[lane]
+            for t in range(full * lanes, n):
+                s[1] = s[1] + (x_at(X, R, r * n + t) - s[0]) * (x_at(X, R, r * n + t) - s[0])
+            s[1] = T.rsqrt(s[1] / T.float32(n) + T.float32(eps))
+            for v in range(full):
+                Y[vec(r * n + v * lanes)] = (x_at(X, R, vec(r * n + v * lanes)) - bc(s[0])) * bc(s[1]) * G[
+                    vec(v * lanes)] + B[vec(v * lanes)]
+            for t in range(full * lanes, n):
+                Y[r * n + t] = (x_at(X, R, r * n + t) - s[0]) * s[1] * G[t] + B[t]
+
     if residual:
         @T.prim_func(check_well_formed=False)  # the root block (see row_reduce) is not plain TIR
         def main(X_nd: T.Buffer(shape, "float32"), R_nd: T.Buffer(shape, "float32"), G: T.Buffer((n,), "float32"),
@@ -53,33 +86,7 @@ def layer_norm_func(shape, epsilon: float, lanes: int = 8, residual: bool = Fals
                 X = T.decl_buffer((rows * n,), "float32", data=X_nd.data)
                 R = T.decl_buffer((rows * n,), "float32", data=R_nd.data)
                 Y = T.decl_buffer((rows * n,), "float32", data=Y_nd.data)
-                for r in T.parallel(rows):
-                    acc = T.alloc_buffer((lanes,), "float32", scope="global")
-                    s = T.alloc_buffer((2,), "float32", scope="global")
-                    acc[vec(0)] = bc(T.float32(0))
-                    for v in range(full):
-                        acc[vec(0)] = acc[vec(0)] + (X[vec(r * n + v * lanes)] + R[vec(r * n + v * lanes)])
-                    s[0] = T.float32(0)
-                    for lane in range(lanes):
-                        s[0] = s[0] + acc[lane]
-                    for t in range(full * lanes, n):
-                        s[0] = s[0] + (X[r * n + t] + R[r * n + t])
-                    s[0] = s[0] / T.float32(n)
-                    acc[vec(0)] = bc(T.float32(0))
-                    for v in range(full):
-                        acc[vec(0)] = acc[vec(0)] + ((X[vec(r * n + v * lanes)] + R[vec(r * n + v * lanes)]) - bc(s[0])) * (
-                            (X[vec(r * n + v * lanes)] + R[vec(r * n + v * lanes)]) - bc(s[0]))
-                    s[1] = T.float32(0)
-                    for lane in range(lanes):
-                        s[1] = s[1] + acc[lane]
-                    for t in range(full * lanes, n):
-                        s[1] = s[1] + ((X[r * n + t] + R[r * n + t]) - s[0]) * ((X[r * n + t] + R[r * n + t]) - s[0])
-                    s[1] = T.rsqrt(s[1] / T.float32(n) + T.float32(eps))
-                    for v in range(full):
-                        Y[vec(r * n + v * lanes)] = ((X[vec(r * n + v * lanes)] + R[vec(r * n + v * lanes)]) - bc(s[0])) * bc(
-                            s[1]) * G[vec(v * lanes)] + B[vec(v * lanes)]
-                    for t in range(full * lanes, n):
-                        Y[r * n + t] = ((X[r * n + t] + R[r * n + t]) - s[0]) * s[1] * G[t] + B[t]
+                body(X, R, G, B, Y)
 
         return main
 
@@ -90,31 +97,6 @@ def layer_norm_func(shape, epsilon: float, lanes: int = 8, residual: bool = Fals
         with T.sblock("root"):
             X = T.decl_buffer((rows * n,), "float32", data=X_nd.data)
             Y = T.decl_buffer((rows * n,), "float32", data=Y_nd.data)
-            for r in T.parallel(rows):
-                acc = T.alloc_buffer((lanes,), "float32", scope="global")
-                s = T.alloc_buffer((2,), "float32", scope="global")
-                acc[vec(0)] = bc(T.float32(0))
-                for v in range(full):
-                    acc[vec(0)] = acc[vec(0)] + X[vec(r * n + v * lanes)]
-                s[0] = T.float32(0)
-                for lane in range(lanes):
-                    s[0] = s[0] + acc[lane]
-                for t in range(full * lanes, n):
-                    s[0] = s[0] + X[r * n + t]
-                s[0] = s[0] / T.float32(n)
-                acc[vec(0)] = bc(T.float32(0))
-                for v in range(full):
-                    acc[vec(0)] = acc[vec(0)] + (X[vec(r * n + v * lanes)] - bc(s[0])) * (X[vec(r * n + v * lanes)] - bc(s[0]))
-                s[1] = T.float32(0)
-                for lane in range(lanes):
-                    s[1] = s[1] + acc[lane]
-                for t in range(full * lanes, n):
-                    s[1] = s[1] + (X[r * n + t] - s[0]) * (X[r * n + t] - s[0])
-                s[1] = T.rsqrt(s[1] / T.float32(n) + T.float32(eps))
-                for v in range(full):
-                    Y[vec(r * n + v * lanes)] = (X[vec(r * n + v * lanes)] - bc(s[0])) * bc(s[1]) * G[vec(v * lanes)] + B[
-                        vec(v * lanes)]
-                for t in range(full * lanes, n):
-                    Y[r * n + t] = (X[r * n + t] - s[0]) * s[1] * G[t] + B[t]
+            body(X, None, G, B, Y)
 
     return main

@@ -705,6 +705,19 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         return (phase_q1(r) - phase_q0(r)) // lanes if sw == 1 else 0
 
     @T.macro
+    def store_rows(Y, P, acc, edge, task, c, yg, xb):  # the block's output rows, through the epilogue
+        for v in T.unroll(ry):
+            if yg * ry + v < oh:
+                if xb < full:
+                    Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
+                        out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
+                else:
+                    # the epilogue on all lanes, then the valid ones stored one by one
+                    edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
+                    for xt in range(ow - full * lanes):
+                        Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+
+    @T.macro
     def body(X_nd, Wt, P, Y_nd):
         X = T.decl_buffer((n_ * c_ * h_ * w_,), data_dtype, data=X_nd.data)
         Y = T.decl_buffer((n_ * c_ * oh * ow,), store_t, data=Y_nd.data)
@@ -738,16 +751,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                     plane[T.ramp(((kx * dw) % sw * hpa + (yg * ry + v) * sh + ky * dh) * wq
                                                  + xb * lanes + (kx * dw) // sw, 1, lanes)],
                                     acc[T.ramp(v * lanes, 1, lanes)])
-                    for v in T.unroll(ry):
-                        if yg * ry + v < oh:
-                            if xb < full:
-                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
-                                    out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                            else:
-                                # the epilogue on all lanes, then the valid ones stored one by one
-                                edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                                for xt in range(ow - full * lanes):
-                                    Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+                    store_rows(Y, P, acc, edge, task, c, yg, xb)
 
     def col_mask(xb, kx):  # lanes of column block xb at tap column kx that fall inside the input row
         cols = T.ramp(xb * lanes + kx * dw - pl, 1, lanes)
@@ -777,15 +781,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                                                      + xb * lanes + kx * dw - pl, 1, lanes),
                                                       col_mask(xb, kx)),
                                         acc[T.ramp(v * lanes, 1, lanes)])
-                    for v in T.unroll(ry):
-                        if yg * ry + v < oh:
-                            if xb < full:
-                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
-                                    out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                            else:
-                                edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                                for xt in range(ow - full * lanes):
-                                    Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+                    store_rows(Y, P, acc, edge, task, c, yg, xb)
 
     # measured (2 threads, AVX-512): 0.6-0.85x the plane kernel with 3x3 taps at every width and 5x5 on rows of
     # one vector (7, 14); 1.1-1.3x on 5x5 taps over rows of several vectors (28, 56), which keep the plane

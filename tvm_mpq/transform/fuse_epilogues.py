@@ -146,7 +146,8 @@ def _extend(chain: _Chain, value, cur, cur_shape, defs, reshape_ok: bool) -> Opt
     return None
 
 
-def _uses(func) -> dict:
+def var_uses(func) -> dict:
+    """How many times each relax Var of `func` is used."""
     counts: dict = {}
 
     def visit(expr):
@@ -178,7 +179,7 @@ def _fuse_function(bb, mod, func) -> Optional[relax.Function]:
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         return None
-    uses = _uses(func)
+    uses = var_uses(func)
     changed = False
     blocks = []
     for block in body.blocks:

@@ -16,6 +16,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.layer_norm import layer_norm_func
+from .fuse_epilogues import var_uses
 
 _LAYER_NORM = "relax.nn.layer_norm"
 _ADD = "relax.add"
@@ -32,17 +33,6 @@ def _static_f32(expr):
     return tuple(int(d) for d in dims)
 
 
-def _uses(func) -> dict:
-    counts: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
-
-
 @mutator
 class _Lower(PyExprMutator):
     def __init__(self, mod, lanes: int, uses: dict):
@@ -50,7 +40,6 @@ class _Lower(PyExprMutator):
         self.lanes = lanes
         self.uses = uses
         self.lowered = 0
-        self.residual = 0
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -68,7 +57,6 @@ class _Lower(PyExprMutator):
         if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == _ADD
                 and self.uses.get(x, 0) == 1 and all(_static_f32(a) == shape for a in value.args)):
             operands = list(value.args)
-            self.residual += 1
         func = layer_norm_func(shape, float(call.attrs.epsilon), self.lanes, residual=len(operands) == 2)
         gv = self.builder_.add_func(func.without_attr("global_symbol"),
                                     "add_layer_norm" if len(operands) == 2 else "layer_norm")
@@ -83,10 +71,9 @@ def lower_layer_norm(mod: tvm.IRModule, lanes: int = 8) -> tvm.IRModule:
     if not funcs:
         return mod
     changed = False
-    lower = None
+    lower = _Lower(mod, lanes, {})
     for gv, func in funcs:
-        lower = _Lower(mod, lanes, _uses(func)) if lower is None else lower
-        lower.uses = _uses(func)
+        lower.uses = var_uses(func)
         before = lower.lowered
         new = lower.visit_expr(func)
         if lower.lowered > before:
