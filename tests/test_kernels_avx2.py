@@ -208,6 +208,34 @@ def test_depthwise_int_bit_exact(c, h, w, ks, stride, pad, zp, lanes):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("c,h,w,ks,stride,pad,dtype", [
+    (2, 30, 6, 5, 2, (1, 2, 2, 1), "uint8"),     # rows in groups of 8, 5x5 stride 2: strips overlap
+    (2, 17, 37, 3, 1, (1, 1, 1, 1), "uint8"),    # the last group runs past the output
+    (3, 20, 20, 5, 1, (2, 2, 2, 2), "float32"),  # 5x5 over rows of two vectors: float keeps the plane path
+    (1, 113, 113, 3, 2, (0, 0, 1, 1), "uint8"),  # EfficientNet's block-1 shape: strips without forcing
+])
+@pytest.mark.parametrize("lanes", LANES)
+def test_depthwise_built_in_row_strips_is_exact(c, h, w, ks, stride, pad, dtype, lanes, monkeypatch):
+    """A plane built one output-row group at a time (forced here by a tiny L1 budget, except for the last
+    shape, whose plane exceeds the real one) gives the integer reference exactly and float32 NumPy's result."""
+    if h < 100:
+        monkeypatch.setattr(k, "L1_PLANE_BYTES", 0)
+    rng = np.random.default_rng(c * 7 + h)
+    x = (rng.integers(0, 256, (1, c, h, w)).astype(np.uint8) if dtype == "uint8"
+         else rng.standard_normal((1, c, h, w)).astype(np.float32))
+    wt = rng.integers(-127, 128, (c, 1, ks, ks)).astype(np.int8)
+    zp = 11 if dtype == "uint8" else 0
+    func = k.depthwise_func(x.shape, (ks, ks), strides=(stride, stride), padding=pad, dilation=(1, 1),
+                            data_dtype=dtype, data_zero_point=zp, out_dtype="float32", lanes=lanes)
+    ref = _conv_ref(x.astype(np.int64) if dtype == "uint8" else x.astype(np.float64), wt, zp, (stride, stride), pad,
+                    groups=c)
+    got = _run(func, x, wt.reshape(-1).astype(np.float32), out_shape=ref.shape, out_dtype="float32", lanes=lanes)
+    if dtype == "uint8":
+        np.testing.assert_array_equal(got, ref.astype(np.float32))
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
 def test_depthwise_float32_matches_numpy():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 6, 10, 9)).astype(np.float32)
@@ -224,11 +252,14 @@ def test_depthwise_float32_matches_numpy():
     (2, 14, 14, 3, (1, 1), (1, 1, 1, 1)),
     (2, 9, 37, 3, (2, 1), (0, 1, 2, 0)),     # row stride 2, asymmetric padding, rows of several vectors + tail
     (2, 12, 11, 5, (1, 1), (0, 3, 1, 1)),    # 5x5 on one vector, left padding wider than the taps' reach
+    (3, 15, 29, 3, (2, 2), (0, 0, 1, 1)),    # column stride 2: pairs of vectors, even lanes
+    (2, 14, 14, 5, (2, 2), (1, 1, 2, 2)),
+    (2, 40, 37, 3, (2, 2), (1, 1, 1, 1)),    # stride 2 over rows of two vectors and a tail
 ])
 @pytest.mark.parametrize("lanes", LANES)
 def test_depthwise_float32_direct_reads_match_the_plane_kernel(c, h, w, ks, stride, pad, lanes):
     """The float32 depthwise that reads its input under lane masks (no padded plane) gives the plane kernel's
-    results bit for bit, and NumPy's within float32 rounding."""
+    results bit for bit, and NumPy's within float32 rounding (column stride 2 keeps the plane)."""
     rng = np.random.default_rng(c * 10 + h)
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((c, 1, ks, ks)).astype(np.float32)
@@ -240,7 +271,7 @@ def test_depthwise_float32_direct_reads_match_the_plane_kernel(c, h, w, ks, stri
             func = k.depthwise_func(x.shape, (ks, ks), strides=stride, padding=pad, dilation=(1, 1),
                                     data_dtype="float32", out_dtype="float32", lanes=lanes)
             # the plane stays for 5x5 taps over rows of several vectors (where it measured faster)
-            assert ("masked_load" in func.script()) == (direct and (ks <= 3 or ref.shape[-1] <= lanes))
+            assert ("masked_load" in func.script()) == (direct and stride[1] == 1 and (ks <= 3 or ref.shape[-1] <= lanes))
             outs[direct] = _run(func, x, wt.reshape(-1), out_shape=ref.shape, out_dtype="float32", lanes=lanes)
     finally:
         k.DEPTHWISE_DIRECT = True
