@@ -324,3 +324,28 @@ def test_run_all_fast_writes_every_result():
         data = json.loads((out / name).read_text())
         assert data["machine"]["date"] and data["machine"]["commit"], name
     assert (out / "end_to_end.png").stat().st_size > 10_000
+
+
+def test_readme_table_renders_both_runs_and_plan_targets(tmp_path):
+    from benchmarks import readme_table
+
+    plan_dir = tmp_path / "search_x"
+    plan_dir.mkdir()
+    (plan_dir / "report.json").write_text(json.dumps(
+        {"selection": {"message": "point #3 of 9 (cost 1.2) reaches 30.2 >= target 30; binary search"}}))
+
+    def run(alone, side):
+        stats = lambda ms: {"1": {"median_ms": ms}}  # noqa: E731
+        rows = {"ORT fp32": {"latency_ms": stats(alone), "latency_interleaved_ms": stats(side),
+                             "quality": {"sqnr_db": 117.71, "top1_agreement": 1.0}},
+                "TVM mixed latency-aware (search_x)": {
+                    "plan": str(plan_dir / "plan.yaml"), "candidates": {"FP32": 2, "W8A8": 5},
+                    "latency_ms": stats(alone / 2), "latency_interleaved_ms": stats(side / 2),
+                    "quality": {"sqnr_db": 30.26, "pooled_cosine_mean": 0.99631}}}
+        return {"models": {"efficientnet_lite0": {"rows": rows}}}
+
+    lines = readme_table.render([run(4.0, 5.0), run(6.0, 7.0)],
+                                bold=("TVM mixed latency-aware (search_x)",)).splitlines()
+    assert lines[2] == "| EfficientNet-Lite0 | ORT fp32 | 4.00 / 6.00 | 5.00 / 7.00 | 117.7 dB, top-1 100 % |"
+    assert lines[3] == ("|  | **TVM mixed latency-aware, 30 dB (5 W8A8 / 2 FP32)** | 2.00 / 3.00 | 2.50 / 3.50 | "
+                        "30.3 dB, cos 0.9963 |")
