@@ -39,14 +39,15 @@ VARIANTS = {
     "epilogues after the kernels": (("cpu_schedule", "FUSE_KERNEL_EPILOGUES", False),),
     "and fused packing and TOPI softmax": (("cpu_schedule", "FUSE_KERNEL_EPILOGUES", False),
                                         ("lowering", "UNFUSED_PACKING", False), ("cpu_schedule", "SPLIT_SOFTMAX", False)),
+    "float-FMA uint8 depthwise": (("depthwise_vnni", "ENABLED", False),),
 }
 
 
 def _switch_modules() -> dict:
-    from tvm_mpq.kernels import cpu_schedule
+    from tvm_mpq.kernels import cpu_schedule, depthwise_vnni
     from tvm_mpq.transform import x86_avx2_lowering
 
-    return {"cpu_schedule": cpu_schedule, "lowering": x86_avx2_lowering}
+    return {"cpu_schedule": cpu_schedule, "lowering": x86_avx2_lowering, "depthwise_vnni": depthwise_vnni}
 
 
 def _resolved_plan(ref: str, graph, profile, name: str):
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
                         help=f"comma-separated, the first is the reference; of: {', '.join(VARIANTS)}")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--fast", action="store_true", help="tiny_cnn, 3 rounds (smoke test)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/[<hw>/]epilogues.json)")
     args = parser.parse_args(argv)
     models = ["tiny_cnn"] if args.fast else args.models.split(",")
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     variants = {v: VARIANTS[v] for v in args.variants.split(",")}
     result = run(models, args.plans.split(","), 3 if args.fast else args.rounds, args.hw, variants)
     sub = "" if args.hw == "x86_avx2" else args.hw
-    path = write_result(results_dir(args.fast) / sub / "epilogues.json", result)
+    path = write_result(Path(args.out) if args.out else results_dir(args.fast) / sub / "epilogues.json", result)
     print(f"[epilogues] wrote {path}")
     return 0
 

@@ -59,7 +59,8 @@ def host_runs(library: str) -> bool:
 # x86_avx2 10, x86_avx512(_vnni) 4: float32 depthwise reads its input under lane masks (no padded plane) where
 # faster; depthwise and direct conv rows take 16 lanes wherever that needs fewer vectors (x86_avx512)
 # x86_avx2 11, x86_avx512(_vnni) 5: a depthwise plane larger than L1 is built one output-row group at a time
-KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 5}
+# x86_avx512_vnni 6: uint8 depthwise convs on `vpdpbusd` quads (tvm_mpq.kernels.depthwise_vnni)
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 6}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

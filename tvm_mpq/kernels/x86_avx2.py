@@ -1051,7 +1051,7 @@ def epilogue_geometry(spec: dict) -> tuple[int, int, tuple[str, ...], str, bool]
         g = p["geometry"]
         geo = DirectConvGeometry(**g)
         return g["o"], geo.oh * geo.ow, ("row",), "int32" if p["dtype"] == "int16" else "float32", False
-    if kind == "depthwise":
+    if kind in ("depthwise", "depthwise_u8s8"):
         n_, c_, h_, w_ = p["data_shape"]
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = p["kernel_size"], p["strides"], p["padding"], p["dilation"]
         oh = (h_ + pt + pb - dh * (kh - 1) - 1) // sh + 1
@@ -1084,5 +1084,10 @@ def _rebuild(spec_json: str, epilogue: Epilogue, channel: str, out_shape: tuple)
         shape = p.pop("data_shape")
         ks = p.pop("kernel_size")
         return depthwise_func(shape, ks, **p, epilogue=epilogue, channel=channel)
+    if kind == "depthwise_u8s8":
+        from .depthwise_vnni import depthwise_u8s8_func
+
+        return depthwise_u8s8_func(p.pop("data_shape"), p.pop("kernel_size"), **p, epilogue=epilogue,
+                                   channel=channel)
     raise ValueError(f"unknown kernel kind {kind!r}")
 

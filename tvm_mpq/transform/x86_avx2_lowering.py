@@ -8,7 +8,9 @@ kernels return (int32 for 8-bit activations, float32 for FP32 layers), so requan
 columns on 512-bit vectors; the direct conv (first layers) stays on 8 lanes. `vnni` (the "x86_avx512_vnni"
 library) runs 1x1 convs and dense layers with uint8 activations on the u8s8 GEMM (AVX-512 VNNI
 `vpdpbusd` on raw uint8 activations and int8 weights, the zero point subtracted per output channel):
-half the operand bytes of the int16 pairs and twice the multiply-adds per instruction.
+half the operand bytes of the int16 pairs and twice the multiply-adds per instruction, and depthwise convs
+with uint8 activations on `vpdpbusd` too (`tvm_mpq.kernels.depthwise_vnni`: four taps of a filter row an
+instruction).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from tvm import relax
 
 from ..graph import Workload
+from ..kernels import depthwise_vnni
 from ..kernels import x86_avx2 as k
 
 # op support of the fast path: conv2d with groups 1 or depthwise, dense, activation x activation matmul
@@ -117,6 +120,14 @@ def conv2d(bb, x, weight: np.ndarray, wl: Workload, *, zero_point: int = 0, dtyp
     oh, ow = wl.output_shape[2], wl.output_shape[3]
     out_dtype = "int32" if dtype == "int16" else "float32"
     if wl.groups != 1:  # depthwise
+        if (vnni and dtype == "int16" and x.ty.dtype == "uint8" and depthwise_vnni.ENABLED
+                and depthwise_vnni.supports((kh, kw), wl.strides, wl.dilation)):
+            func = depthwise_vnni.depthwise_u8s8_func(wl.input_shape, (kh, kw), strides=wl.strides,
+                                                      padding=wl.padding, dilation=wl.dilation,
+                                                      data_zero_point=zero_point, lanes=row_lanes(ow, lanes))
+            quads, corr = depthwise_vnni.pack_weight_quads(weight, zero_point)
+            return _call(bb, func, "avx512_vnni_depthwise", [x, relax.const(quads), relax.const(corr)],
+                         (n, o, oh, ow), out_dtype, tag)
         func = k.depthwise_func(wl.input_shape, (kh, kw), strides=wl.strides, padding=wl.padding,
                                 dilation=wl.dilation, data_dtype="uint8" if dtype == "int16" else "float32",
                                 data_zero_point=zero_point, out_dtype=out_dtype,
