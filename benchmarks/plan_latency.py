@@ -47,7 +47,8 @@ def run(model: str, hw: str, plan_ref: str, runs: int = 40, rounds: int = 10, st
     from tvm_mpq.frontend import import_model
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.latency import load_latency_table
-    from tvm_mpq.measure.in_model import _CallProfiler, layer_segments, segment_ms, synthetic_ranges
+    from tvm_mpq.measure.in_model import (_CallProfiler, fastest_call_ms, layer_segments, segment_ms,
+                                          synthetic_ranges)
     from tvm_mpq.measure.interleaved import interleave, vm_sampler
     from tvm_mpq.models import load_model
     from tvm_mpq.numerics import get_candidate
@@ -78,7 +79,7 @@ def run(model: str, hw: str, plan_ref: str, runs: int = 40, rounds: int = 10, st
     seconds = interleave({"plan": lambda: (prof.run(per_round), whole())[1]}, rounds)["plan"]
     stats = LatencyStats.from_seconds(seconds, 1)
     symbols, calls = prof.result()
-    measured, _ = segment_ms(layer_segments(symbols, calls, graph), stats.median_ms)
+    measured, _ = segment_ms(layer_segments(symbols, calls, graph), stats.median_ms, fastest_call_ms(calls))
 
     names = list(graph.layers)
     rows = []

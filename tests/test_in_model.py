@@ -14,7 +14,7 @@ from tvm_mpq.measure.in_model import (
     measure_boundaries,
     measure_in_model,
     model_fingerprint,
-    segment_ms,
+    fastest_call_ms, segment_ms,
     synthetic_ranges,
 )
 from tvm_mpq.models import load_model
@@ -71,6 +71,21 @@ def test_segment_ms_removes_per_call_overhead_and_adds_up_to_the_model():
     ref_share_b = np.median(runs[:, 1] / runs.sum(axis=1))
     assert ms["a"] == pytest.approx(model_ms * ref_share_a / (ref_share_a + ref_share_b), rel=1e-6)
     assert spread["a"] > 0
+
+
+def test_segment_ms_bounds_the_overhead_by_the_fastest_call():
+    """A slow build whose uninstrumented runs met a faster window of the host (whole 5 ms, calls adding up to
+    10 ms): taking the 5 ms excess off all 6 calls evenly wiped out the short segment; bounded by the
+    fastest call (1 us), the excess is left to the rescaling and each segment keeps its share."""
+    seconds = np.array([[1e-6, 20e-6, 20e-6, 20e-6, 20e-6, 9.9e-3]] * 3)  # [runs, calls]
+    segments = {"short": (seconds[:, :5].sum(axis=1), 5), "long": (seconds[:, 5], 1)}
+    unbounded, _ = segment_ms(segments, 5.0)
+    assert unbounded["short"] < 1e-6  # the old behaviour: 0.081 ms of calls gone
+    assert fastest_call_ms(seconds) == pytest.approx(1e-3)
+    ms, _ = segment_ms(segments, 5.0, fastest_call_ms(seconds))
+    assert ms["short"] + ms["long"] == pytest.approx(5.0)
+    share = (0.081 - 5 * 1e-3) / (9.9 + 0.081 - 6 * 1e-3)
+    assert ms["short"] == pytest.approx(5.0 * share, rel=1e-6)
 
 
 @pytest.fixture(scope="module")

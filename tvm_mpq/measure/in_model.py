@@ -175,14 +175,28 @@ def layer_segments(symbols: Sequence[str], seconds: np.ndarray, graph: LayerGrap
             for p, name in enumerate(names)}
 
 
-def segment_ms(segments: dict[str, tuple[np.ndarray, int]], model_ms: float) -> tuple[dict, dict]:
+def fastest_call_ms(seconds: np.ndarray) -> float:
+    """The median time of the fastest call of a call profile (seconds [runs, calls]): a bound on the
+    instrument's own overhead per call."""
+    return float(np.median(seconds, axis=0).min()) * 1e3 if seconds.size else 0.0
+
+
+def segment_ms(segments: dict[str, tuple[np.ndarray, int]], model_ms: float,
+               max_call_overhead_ms: Optional[float] = None) -> tuple[dict, dict]:
     """(median ms, spread ms) per layer: segments with the instrument's per-call overhead removed and
     scaled so they add up to the uninstrumented whole-model latency `model_ms`.
 
-    The overhead per call is (instrumented total − model_ms) / calls; what remains is apportioned."""
+    The overhead per call is (instrumented total − model_ms) / calls, at most `max_call_overhead_ms`
+    (pass the median of the fastest call: every measured call contains the overhead, so it cannot be
+    more). Without that bound, a build whose uninstrumented runs met a faster window of the host than
+    its instrumented ones (slow builds: tens of ms, ms of noise) had the difference taken off every
+    call, which wiped out its short segments; the bound leaves that difference to the rescaling."""
     calls = sum(n for _, n in segments.values())
     totals = sum(s for s, _ in segments.values())  # per run, seconds
-    per_call = max(float(np.median(totals)) * 1e3 - model_ms, 0.0) / max(calls, 1) / 1e3
+    per_call = max(float(np.median(totals)) * 1e3 - model_ms, 0.0) / max(calls, 1)
+    if max_call_overhead_ms is not None:
+        per_call = min(per_call, max_call_overhead_ms)
+    per_call /= 1e3
     corrected = {name: np.maximum(s - n * per_call, 1e-9) for name, (s, n) in segments.items()}
     run_totals = sum(corrected.values())
     shares = {name: c / run_totals for name, c in corrected.items()}
@@ -270,7 +284,7 @@ def _timed_builds(imported, plans: Mapping[str, object], target, inputs, *, runs
         except InModelError as err:
             failed[label] = str(err)
             continue
-        ms, spread = segment_ms(segments, whole.median_ms)
+        ms, spread = segment_ms(segments, whole.median_ms, fastest_call_ms(calls))
         instrumented_ms = float(np.median(calls.sum(axis=1))) * 1e3
         log(f"in-model: {label} {whole.median_ms:.2f} ms (instrumented {instrumented_ms:.2f} ms, {len(symbols)} calls)")
         out[label] = _Timing(whole, ms, spread, len(symbols), instrumented_ms)
