@@ -81,8 +81,7 @@ def depthwise_u8s8_func(data_shape, kernel_size, *, strides, padding, dilation, 
     ow = (w_ + pl + pr - (kw - 1) - 1) // sw + 1
     nq = -(-kw // 4)
     xblocks = -(-ow // lanes)
-    full = ow // lanes
-    ry = oh if oh <= k.ACC_CHAINS else min(range(k.ACC_CHAINS, 4, -1), key=lambda r: -(-oh // r) * r - oh)
+    ry = k.depthwise_row_block(oh)
     ygroups = -(-oh // ry)
     hp = h_ + pt + pb
     # quads a plane row holds: whole column blocks, plus the second tap group's offset (4 columns)
@@ -135,6 +134,9 @@ def depthwise_u8s8_func(data_shape, kernel_size, *, strides, padding, dilation, 
                 for qv in range(wq // lanes):
                     plane[T.ramp(yr * wq + qv * lanes, 1, lanes)] = T.broadcast(T.uint32(zp_quad), lanes)
 
+    # the accumulators less zp * sum(w) of the channel, through the epilogue
+    store_rows = k.depthwise_row_store(oh, ow, ry, lanes, out_vec, lambda v, ZC, c: v - T.broadcast(ZC[c], lanes))
+
     @T.macro
     def body(X_nd, Wq, ZC, P, Y_nd):
         X = T.decl_buffer((n_ * c_ * h_ * w_,), "uint8", data=X_nd.data)
@@ -160,16 +162,7 @@ def depthwise_u8s8_func(data_shape, kernel_size, *, strides, padding, dilation, 
                                     T.reinterpret(i8, plane[T.ramp(tap_row(yg, v, ky) * wq + xb * lanes
                                                                    + g * 4 // sw, 1, lanes)]),
                                     T.reinterpret(i8, T.broadcast(Wq[(c * kh + ky) * nq + g], lanes)))
-                    for v in T.unroll(ry):
-                        if yg * ry + v < oh:
-                            if xb < full:
-                                Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = out_vec(
-                                    P, acc[T.ramp(v * lanes, 1, lanes)] - T.broadcast(ZC[c], lanes), c, 0)
-                            else:
-                                edge[T.ramp(0, 1, lanes)] = out_vec(
-                                    P, acc[T.ramp(v * lanes, 1, lanes)] - T.broadcast(ZC[c], lanes), c, 0)
-                                for xt in range(ow - full * lanes):
-                                    Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+                    store_rows(Y, P, ZC, acc, edge, task, c, yg, xb)
 
     if epilogue is None:
         @T.prim_func

@@ -645,6 +645,36 @@ def zero_point_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------- depthwise conv
 
 
+def depthwise_row_block(oh: int) -> int:
+    """Output rows a depthwise block computes at once: all of them up to ACC_CHAINS (independent
+    accumulators hide the FMA / dot-product latency), else the count in 5..8 that wastes fewest rows
+    past the last (7 for a 7x7 or 14x14 output)."""
+    return oh if oh <= ACC_CHAINS else min(range(ACC_CHAINS, 4, -1), key=lambda r: -(-oh // r) * r - oh)
+
+
+def depthwise_row_store(oh: int, ow: int, ry: int, lanes: int, out_vec, adjust=lambda v, Z, c: v):
+    """TVMScript macro ``store_rows(Y, P, Z, acc, edge, task, c, yg, xb)`` of the depthwise kernels: the `ry`
+    accumulator vectors of row group yg, column block xb, through `adjust(v, Z, c)` (Z: a kernel buffer it
+    may read) and the epilogue `out_vec` into Y [task, oh, ow]; the block past the last whole vector
+    stores its valid lanes one by one."""
+    full = ow // lanes
+
+    @T.macro
+    def store_rows(Y, P, Z, acc, edge, task, c, yg, xb):
+        for v in T.unroll(ry):
+            if yg * ry + v < oh:
+                if xb < full:
+                    Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
+                        out_vec(P, adjust(acc[T.ramp(v * lanes, 1, lanes)], Z, c), c, 0)
+                else:
+                    # the epilogue on all lanes, then the valid ones stored one by one
+                    edge[T.ramp(0, 1, lanes)] = out_vec(P, adjust(acc[T.ramp(v * lanes, 1, lanes)], Z, c), c, 0)
+                    for xt in range(ow - full * lanes):
+                        Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+
+    return store_rows
+
+
 def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_dtype: str,
                    data_zero_point: int = 0, out_dtype: str = "float32", epilogue: Optional[Epilogue] = None,
                    channel: str = "row", lanes: int = VEC):
@@ -681,11 +711,10 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
         raise ValueError(f"vector lanes must be one of {LANES}, got {lanes}")
     zp = float(data_zero_point)
     xblocks = -(-ow // lanes)
-    full = ow // lanes
     # Independent accumulators hide the FMA latency (4 cycles, 2 per cycle: 8 chains keep the units busy):
     # one 8-column block of `ry` output rows at a time (measured faster than several blocks of one row),
     # `ry` the row count in 5..8 that wastes fewest rows past the last (7 for a 7x7 or 14x14 output).
-    ry = oh if oh <= ACC_CHAINS else min(range(ACC_CHAINS, 4, -1), key=lambda r: -(-oh // r) * r - oh)
+    ry = depthwise_row_block(oh)
     ygroups = -(-oh // ry)
     # The padded plane is stored as `sw` column phases, phase r holding padded columns r, r + sw, ...,
     # so that every tap reads 8 consecutive floats whatever the stride. Each phase is wide enough for
@@ -743,18 +772,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
             for y in range(h_):
                 fill_row(plane, X, task, y, y + pt)
 
-    @T.macro
-    def store_rows(Y, P, acc, edge, task, c, yg, xb):  # the block's output rows, through the epilogue
-        for v in T.unroll(ry):
-            if yg * ry + v < oh:
-                if xb < full:
-                    Y[T.ramp((task * oh + yg * ry + v) * ow + xb * lanes, 1, lanes)] = \
-                        out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                else:
-                    # the epilogue on all lanes, then the valid ones stored one by one
-                    edge[T.ramp(0, 1, lanes)] = out_vec(P, acc[T.ramp(v * lanes, 1, lanes)], c, 0)
-                    for xt in range(ow - full * lanes):
-                        Y[(task * oh + yg * ry + v) * ow + full * lanes + xt] = edge[xt]
+    store_rows = depthwise_row_store(oh, ow, ry, lanes, out_vec)
 
     @T.macro
     def body(X_nd, Wt, P, Y_nd):
@@ -781,7 +799,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                     plane[T.ramp(((kx * dw) % sw * plane_rows + tap_row(yg, v, ky)) * wq
                                                  + xb * lanes + (kx * dw) // sw, 1, lanes)],
                                     acc[T.ramp(v * lanes, 1, lanes)])
-                    store_rows(Y, P, acc, edge, task, c, yg, xb)
+                    store_rows(Y, P, None, acc, edge, task, c, yg, xb)
 
     def col_mask(xb, kx):  # lanes of column block xb at tap column kx that fall inside the input row
         cols = T.ramp(xb * lanes + kx * dw - pl, 1, lanes)
@@ -813,7 +831,7 @@ def depthwise_func(data_shape, kernel_size, *, strides, padding, dilation, data_
                                         f32, fma, T.broadcast(Wt[c * taps + ky * kw + kx], lanes),
                                         tap_input(X, task, (yg * ry + v) * sh + ky * dh - pt, xb, kx),
                                         acc[T.ramp(v * lanes, 1, lanes)])
-                    store_rows(Y, P, acc, edge, task, c, yg, xb)
+                    store_rows(Y, P, None, acc, edge, task, c, yg, xb)
 
     # measured (2 threads, AVX-512): 0.6-0.85x the plane kernel with 3x3 taps at every width and 5x5 on rows of
     # one vector (7, 14); 1.1-1.3x on 5x5 taps over rows of several vectors (28, 56), which keep the plane
