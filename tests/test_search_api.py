@@ -134,11 +134,16 @@ def test_profile_without_measurements_uses_the_roofline_and_says_so(tiny, tmp_pa
 
 
 def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp_path, x86_profile):
-    """Real measurements of this CPU's kernels (BOPs rank precisions by bit width; on this CPU W4A8 is no
-    faster than W8A8 and small layers gain little from int8 once their converts are paid): the two searches
-    pick different plans; the latency-aware plan is cheaper in the measured latency table, and compiled it is
-    not slower than the BOPs-chosen plan (within 10 %: on this tiny model the two differ by less than the
-    run-to-run spread of a shared machine; on EfficientNet-Lite0 / MiniLM-L6 the gap is 3-6x, see README)."""
+    """Real measurements of this CPU's kernels, on a profile whose only integer candidate is W8A16: BOPs rate
+    it 8x cheaper than FP32 (8 x 16 bits against 32 x 32), while here 16-bit activations run on the generic
+    int64 kernels, several times slower than float. The two searches pick different plans; the latency-aware
+    plan is cheaper in the measured latency table, and compiled it is faster than the BOPs-chosen plan.
+
+    (With W8A8 / W4A8 in the profile the two plans differ too, but on this 0.1 ms model by less than the
+    run-to-run spread of a shared machine, so no timing of them could decide anything; on EfficientNet-Lite0
+    the BOPs-chosen plan is 11x slower, see README.)"""
+    from dataclasses import replace
+
     from tvm_mpq.build import build
     from tvm_mpq.frontend import import_model
     from tvm_mpq.measure.profiler import profile_model
@@ -147,21 +152,24 @@ def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp
     from tvm_mpq.plan import Plan
     from tvm_mpq.simulate import Simulator
 
+    profile = replace(x86_profile, candidates={"conv2d": ("W8A16", "FP32"), "linear": ("W8A16", "FP32")})
     store = tmp_path / "m.sqlite"
-    profile_model(tiny, x86_profile, store_path=store, device="here", timing=TimingConfig(1, 5, 20))
+    profile_model(tiny, profile, store_path=store, device="here", timing=TimingConfig(1, 5, 20))
     cfg = dict(min_sqnr_db=40.0, **SMALL)
-    latency = search(tiny, x86_profile, SearchConfig(**cfg), store_path=store, cache_dir=tmp_path)
-    bops = search(tiny, x86_profile, SearchConfig(cost="bops", order="sensitivity", **cfg), store_path=store,
+    latency = search(tiny, profile, SearchConfig(**cfg), store_path=store, cache_dir=tmp_path)
+    bops = search(tiny, profile, SearchConfig(cost="bops", order="sensitivity", **cfg), store_path=store,
                   cache_dir=tmp_path)
     print(f"\n[search] latency-aware {dict(latency.plan.layers)}\n[search] BOPs-chosen {dict(bops.plan.layers)}")
+    assert "W8A16" in dict(bops.plan.layers).values()
     assert dict(latency.plan.layers) != dict(bops.plan.layers)
+    assert bops.selection.met and latency.selection.met
     imported = import_model(tiny.module, tiny.example_inputs)
     stats = Simulator(imported).calibrate(tiny.calibration(24))
     example = [a.numpy() for a in tiny.example_inputs]
     compiled = {}
     for label, result in (("latency", latency), ("bops", bops)):
-        plan = make_plan(Plan(dict(result.plan.layers)), imported, x86_profile, stats, "minmax")
-        compiled[label] = build(imported, plan, x86_profile.tvm_target())
+        plan = make_plan(Plan(dict(result.plan.layers)), imported, profile, stats, "minmax")
+        compiled[label] = build(imported, plan, profile.tvm_target())
     # the fastest repeat over interleaved rounds: robust to other processes on a shared machine, which only
     # ever add time, and to load that changes between the two measurements
     measured = {label: float("inf") for label in compiled}
@@ -171,7 +179,8 @@ def test_latency_aware_and_bops_choose_differently_on_measured_latency(tiny, tmp
     print(f"\n[search] latency-aware plan {measured['latency']:.3f} ms vs BOPs-chosen {measured['bops']:.3f} ms")
     table = latency.latency_table
     assert table.model_ms(dict(latency.plan.layers)) < table.model_ms(dict(bops.plan.layers))
-    assert measured["latency"] < 1.10 * measured["bops"]
+    # ~10x apart here (0.08 vs 0.86 ms); half is far outside any run-to-run spread
+    assert measured["latency"] < 0.5 * measured["bops"]
 
 
 def test_final_choice_is_the_fastest_measured_point_meeting_the_target(tiny, int4_slow_store, tmp_path):
