@@ -3,10 +3,12 @@
 Each model is compiled once per plan and variant — the project's CPU pipeline as it is; with TOPI's layer
 norm instead of the vectorized kernel with its residual add folded in (`transform.lower_layer_norm` off);
 with the elementwise chains after the hand-written kernels left as separate fused functions instead of
-stored by the kernels (`transform.fuse_epilogues` off); and additionally with the requantize fused into
-the int16 operand packing, as FuseOps would do, and TOPI's one-function softmax — and all builds are timed
-side by side in interleaved rounds (`tvm_mpq.measure.interleaved`). Outputs of every build of a plan are
-checked against the current one (integer paths identical; softmax, layer norm: within float32 rounding).
+stored by the kernels (`transform.fuse_epilogues` off); with 16-bit activations on the generic int64
+kernels instead of the VNNI GEMM in two byte planes (`x86_avx2_lowering.A16_PLANES` off); and additionally
+with the requantize fused into the int16 operand packing, as FuseOps would do, and TOPI's one-function
+softmax — and all builds are timed side by side in interleaved rounds (`tvm_mpq.measure.interleaved`).
+Outputs of every build of a plan are checked against the current one (integer paths identical; softmax,
+layer norm: within float32 rounding).
 
     python benchmarks/epilogues.py [--models efficientnet_lite0,minilm_l6] [--plans W8A8,FP32,path/plan.yaml]
                                    [--hw x86_avx2] [--rounds 20]
@@ -40,6 +42,7 @@ VARIANTS = {
     "and fused packing and TOPI softmax": (("cpu_schedule", "FUSE_KERNEL_EPILOGUES", False),
                                         ("lowering", "UNFUSED_PACKING", False), ("cpu_schedule", "SPLIT_SOFTMAX", False)),
     "float-FMA uint8 depthwise": (("depthwise_vnni", "ENABLED", False),),
+    "generic 16-bit activations": (("lowering", "A16_PLANES", False),),
 }
 
 

@@ -242,3 +242,33 @@ def test_all_integer_path_is_bit_exact_on_an_fma_target(kernels, x86_profile):
     compiled = build(imported, plan, target, kernels=kernels)
     y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in data[16:]])
     np.testing.assert_array_equal(y_tvm, y_sim)
+
+
+def test_16_bit_activations_run_on_the_vnni_gemm_in_two_byte_planes(x86_profile):
+    """W8A16 dense layers and 1x1 convs on the VNNI library: the int16 activations split into high and low
+    byte planes, each through the u8s8 GEMM, recombined in int64. The compiled model returns exactly the
+    simulator's floats (whose 16-bit path accumulates in double), activations at both ends of the int16 range
+    included; the 3x3 stem and the depthwise conv keep the generic int64 kernels."""
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import host_runs
+
+    profile = load_profile("x86_avx512_vnni")
+    imported = import_model(_InvertedResidual().eval(), (torch.zeros(1, 3, 32, 32),))
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(1, 3, 32, 32, generator=gen),) for _ in range(20)]
+    sim = Simulator(imported)
+    stats = sim.calibrate(data[:12])
+    plan = make_plan("w8a16", imported, profile, stats, "minmax")
+    mod = lower(imported, plan, kernels="x86_avx512_vnni")
+    script = mod.script(show_meta=False)
+    assert _calls(script, "avx512_vnni_gemm_a16") == 6  # expand, project, fc: two planes each
+    assert _calls(script, "qconv2d_nchw") == 2 and _calls(script, "qdense") == 0
+    if not host_runs("x86_avx512_vnni"):
+        pytest.skip("this CPU cannot run the x86_avx512_vnni kernels")
+    # inputs past the calibrated range saturate every 16-bit quantizer at qmin / qmax somewhere
+    evals = data[12:] + [(5 * data[12][0],), (-5 * data[13][0],)]
+    sim.configure_plan(plan)
+    y_sim = sim.run(evals)
+    compiled = build(imported, plan, profile.tvm_target(), kernels="x86_avx512_vnni")
+    y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in evals])
+    np.testing.assert_array_equal(y_tvm, y_sim)

@@ -60,7 +60,8 @@ def host_runs(library: str) -> bool:
 # faster; depthwise and direct conv rows take 16 lanes wherever that needs fewer vectors (x86_avx512)
 # x86_avx2 11, x86_avx512(_vnni) 5: a depthwise plane larger than L1 is built one output-row group at a time
 # x86_avx512_vnni 6: uint8 depthwise convs on `vpdpbusd` quads (tvm_mpq.kernels.depthwise_vnni)
-KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 6}
+# x86_avx512_vnni 7: dense layers and 1x1 convs with 16-bit activations on the u8s8 GEMM, in two byte planes
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 7}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

@@ -13,9 +13,10 @@ them into the integer kernel's epilogue (generic kernels) or into one elementwis
 
 Kernel libraries (`kernels`): "generic" emits the target-independent TE computes of
 `tvm_mpq.kernels.quantized`; "x86_avx2" (and "x86_avx512", the same kernels on 512-bit vectors, and
-"x86_avx512_vnni", which adds the VNNI u8 x s8 GEMM for 1x1 convs and dense layers) emits the packed
-GEMM / depthwise kernels of `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which
-"generic" leaves to TVM's own operators), and falls back to "generic" for what they do not cover (16-bit activations,
+"x86_avx512_vnni", which adds the VNNI u8 x s8 GEMM for 1x1 convs and dense layers, with 8-bit activations
+and with 16-bit ones split in two byte planes) emits the packed GEMM / depthwise kernels of
+`tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to TVM's own
+operators), and falls back to "generic" for what they do not cover (other 16-bit activation layers,
 grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
 in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
 simulator quantizes them.
@@ -204,6 +205,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             and all(e.dtype == "uint8" for e in encs))
     lanes = PACKED_CPU_LIBRARIES.get(kernels, 8)
     vnni = kernels == "x86_avx512_vnni"
+    # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
+    a16 = vnni and encs and encs[0].dtype == "int16" and layer.op_type != "matmul" and avx2.supports_a16(wl)
 
     def quantized(x, enc):
         return x if inputs_quantized else emit_quantize(bb, x, enc)
@@ -213,6 +216,9 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
             acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
+        elif a16:
+            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
+            acc = avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -234,6 +240,9 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
             acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
                              vnni=vnni)
+        elif a16:
+            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
+            acc = avx2.dense_a16(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag)
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
