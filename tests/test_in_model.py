@@ -214,3 +214,19 @@ def test_plan_latency_sets_measured_segments_beside_the_tables(tiny, x86_profile
     assert sum(s["layers"] for s in result["by_situation"].values()) == len(names)
     with pytest.raises(SystemExit, match="no in-model measurements"):
         plan_latency.run("tiny_cnn", x86_profile.name, "W8A8", runs=2, rounds=1, store_path=tmp_path / "empty.sqlite")
+
+
+def test_segments_of_16_bit_layers_on_the_vnni_planes(tiny, tmp_path):
+    """On the VNNI library a W8A16 dense layer or 1x1 conv makes two GEMM calls (one per byte plane); only
+    the first carries the layer tag, so every layer still gets exactly one segment."""
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import host_runs
+
+    if not host_runs("x86_avx512_vnni"):
+        pytest.skip("this CPU cannot run the x86_avx512_vnni kernels")
+    profile = load_profile("x86_avx512_vnni")
+    with MeasurementStore(tmp_path / "store.sqlite") as store:
+        result = measure_in_model(tiny, profile, candidates=["W8A16"], runs=2, rounds=2, store=store)
+    assert not result.failed, result.failed
+    seg = result.segments_ms["W8A16"]
+    assert set(seg) == set(tiny.graph.layers) and all(v > 0 for v in seg.values())

@@ -234,6 +234,15 @@ def _combine_planes(bb, acc_hi, acc_lo, weight_sums: np.ndarray, zero_point: int
     return bb.emit(relax.op.subtract(total, relax.const(corr, "int64")))
 
 
+def _plane_gemms(func, tag: str):
+    """(function, name, tag) of the high and the low plane's GEMM call. Only the first carries the layer
+    tag: a layer's calls are one tagged kernel call and what follows it (`measure.in_model.layer_segments`),
+    so the second is a distinct function (an attribute tells it apart; the block builder would otherwise
+    reuse the tagged one) under a name of its own."""
+    return ((func, "avx512_vnni_gemm_a16", tag),
+            (func.with_attr("mpq_byte_plane", "low"), "avx512_vnni_gemm_a16_low", ""))
+
+
 def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     """int16 x [M, K] @ int8-valued weight[N, K].T → int64 accumulator [M, N] (see `A16_OFFSET`)."""
     m, kk = (int(v) for v in xq.ty.shape)
@@ -245,10 +254,10 @@ def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     func = k.gemm_func(1, m, nn, kk, tiling, dtype="u8s8", a_batched=True, b_batched=False, out_shape=(m, nn),
                        unsigned="a")
     accs = []
-    for plane in _byte_planes(bb, xq):
+    for plane, (gemm, name, tg) in zip(_byte_planes(bb, xq), _plane_gemms(func, tag)):
         a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr), "avx512_pack_quad_rows", [plane],
                   (1, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
-        accs.append(_call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (m, nn), "int32", tag))
+        accs.append(_call(bb, gemm, name, [a, b, zc], (m, nn), "int32", tg))
     return _combine_planes(bb, *accs, w.astype(np.int64).sum(axis=1), zero_point, (1, nn))
 
 
@@ -265,10 +274,10 @@ def conv1x1_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, ta
     func = k.gemm_func(n, o, oh * ow, c, tiling, dtype="u8s8", a_batched=False, b_batched=True,
                        out_shape=(n, o, oh, ow), unsigned="b")
     accs = []
-    for plane in _byte_planes(bb, xq):
+    for plane, (gemm, name, tg) in zip(_byte_planes(bb, xq), _plane_gemms(func, tag)):
         b = _call(bb, k.pack_quads_func(shape, tiling.nb, conv_input=True), "avx512_pack_quads", [plane],
                   k.pack_quads_shape(shape, tiling.nb, conv_input=True), "uint8")
-        accs.append(_call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (n, o, oh, ow), "int32", tag))
+        accs.append(_call(bb, gemm, name, [a, b, zc], (n, o, oh, ow), "int32", tg))
     return _combine_planes(bb, *accs, w2d.astype(np.int64).sum(axis=1), zero_point, (1, o, 1, 1))
 
 
