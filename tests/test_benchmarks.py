@@ -349,3 +349,23 @@ def test_readme_table_renders_both_runs_and_plan_targets(tmp_path):
     assert lines[2] == "| EfficientNet-Lite0 | ORT fp32 | 4.00 / 6.00 | 5.00 / 7.00 | 117.7 dB, top-1 100 % |"
     assert lines[3] == ("|  | **TVM mixed latency-aware, 30 dB (5 W8A8 / 2 FP32)** | 2.00 / 3.00 | 2.50 / 3.50 | "
                         "30.3 dB, cos 0.9963 |")
+
+
+def test_a16_layers_smoke(tmp_path):
+    """The byte-plane W8A16 benchmark: both W8A16 paths agree, every build is timed, the switch is restored."""
+    from tvm_mpq.kernels import host_runs
+    from tvm_mpq.transform import x86_avx2_lowering
+
+    if not host_runs("x86_avx512_vnni"):
+        pytest.skip("this CPU cannot run the x86_avx512_vnni kernels")
+    from benchmarks import a16_layers
+
+    out = tmp_path / "a16.json"
+    assert a16_layers.main(["--rounds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["blocks"]) == {"ffn", "pointwise"}
+    for row in result["blocks"].values():
+        assert row["identical_w8a16_outputs"] is True
+        assert set(row["latency"]) == {"FP32", "W8A8", "W8A16", "W8A16 generic"}
+        assert all(v["median_ms"] > 0 and v["repeats"] == 5 for v in row["latency"].values())
+    assert x86_avx2_lowering.A16_PLANES is True

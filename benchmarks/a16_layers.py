@@ -1,0 +1,120 @@
+"""16-bit activations on the VNNI GEMM in two byte planes, layer pairs against FP32, W8A8 and the generic kernels.
+
+Two blocks with the shapes of the models' layers, each compiled for the profile's target at FP32, W8A8,
+W8A16 (dense layers and 1x1 convs on the u8 x s8 GEMM, one call per byte plane) and W8A16 on the generic
+int64 kernels (`x86_avx2_lowering.A16_PLANES` off), checked to give identical outputs on the two W8A16
+paths, and timed side by side in interleaved rounds (2 threads):
+
+- `ffn`: MiniLM-L6's feed-forward block, Linear 384→1536, GELU, Linear 1536→384 on 128 tokens;
+- `pointwise`: an EfficientNet-style 1x1 expand / project pair, Conv 40→240, ReLU, Conv 240→40 on 28×28.
+
+    python benchmarks/a16_layers.py [--hw x86_avx512_vnni] [--rounds 15]
+
+Writes benchmarks/results/<hw>/a16_layers.json. Needs a CPU with AVX-512 VNNI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_info, results_dir, write_result  # noqa: E402
+from benchmarks.timing import set_tvm_threads  # noqa: E402
+
+
+def _blocks():
+    import torch
+
+    class FFN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(384, 1536), torch.nn.Linear(1536, 384)
+
+        def forward(self, x):
+            return self.down(torch.nn.functional.gelu(self.up(x)))
+
+    class Pointwise(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expand, self.project = torch.nn.Conv2d(40, 240, 1), torch.nn.Conv2d(240, 40, 1)
+
+        def forward(self, x):
+            return self.project(torch.relu(self.expand(x)))
+
+    torch.manual_seed(0)
+    return {"ffn": (FFN().eval(), (128, 384)), "pointwise": (Pointwise().eval(), (1, 40, 28, 28))}
+
+
+def compare(module, shape, profile, rounds: int) -> dict:
+    import torch
+
+    from tvm_mpq.build import LatencyStats, build
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.measure.interleaved import interleave, vm_sampler
+    from tvm_mpq.pipeline import make_plan
+    from tvm_mpq.simulate import Simulator
+    from tvm_mpq.transform import x86_avx2_lowering
+
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(*shape, generator=gen),) for _ in range(8)]
+    imported = import_model(module, data[0])
+    stats = Simulator(imported).calibrate(data)
+    target = profile.tvm_target()
+    builds = {}
+    for label, plan, planes in (("FP32", "fp32", True), ("W8A8", "w8a8", True), ("W8A16", "w8a16", True),
+                                ("W8A16 generic", "w8a16", False)):
+        x86_avx2_lowering.A16_PLANES = planes
+        try:
+            builds[label] = build(imported, make_plan(plan, imported, profile, stats, "minmax"), target)
+        finally:
+            x86_avx2_lowering.A16_PLANES = True
+    x = [data[0][0].numpy()]
+    identical = bool(np.array_equal(builds["W8A16"].run(x), builds["W8A16 generic"].run(x)))
+    if not identical:
+        raise SystemExit("the byte-plane and the generic W8A16 builds disagree")
+    seconds = interleave({label: vm_sampler(b, x, calls=5) for label, b in builds.items()}, rounds)
+    stats_ms = {label: LatencyStats.from_seconds(s, 1).to_dict() for label, s in seconds.items()}
+    ref = np.asarray(seconds["W8A16"])
+    ratios = {f"W8A16 / {label}": float(np.median(ref / np.asarray(seconds[label])))
+              for label in builds if label != "W8A16"}
+    return {"input_shape": list(shape), "latency": stats_ms, "ratios": ratios, "identical_w8a16_outputs": identical}
+
+
+def run(hw: str, rounds: int) -> dict:
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import host_runs
+
+    if not host_runs("x86_avx512_vnni"):
+        raise SystemExit("this CPU has no AVX-512 VNNI: the byte-plane W8A16 kernels cannot run here")
+    set_tvm_threads()
+    profile = load_profile(hw)
+    out = {"machine": machine_info(), "profile": hw, "rounds": rounds, "calls_per_round": 5, "blocks": {}}
+    for name, (module, shape) in _blocks().items():
+        row = compare(module, shape, profile, rounds)
+        out["blocks"][name] = row
+        lat = ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row["latency"].items())
+        rat = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items())
+        print(f"[a16] {name}: {lat}; {rat}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hw", default="x86_avx512_vnni")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<hw>/a16_layers.json)")
+    args = parser.parse_args(argv)
+    result = run(args.hw, args.rounds)
+    write_result(Path(args.out) if args.out else results_dir() / args.hw / "a16_layers.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
