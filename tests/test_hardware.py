@@ -167,3 +167,20 @@ def test_optional_sections_default(tmp_path):
     assert prof.measure == hardware.MeasureConfig() and prof.constraints == hardware.Constraints()
     assert prof.roofline is None and prof.rpc_key is None and prof.description == ""
     assert prof.candidates_for("conv2d") == (numerics.CANDIDATES["FP32"],)
+
+
+def test_host_profile_follows_the_cpu_flags(monkeypatch):
+    avx2 = {"avx2", "fma", "sse4_2"}
+    vnni = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    assert hardware.host_profile_name(vnni) == "x86_avx512_vnni"
+    assert hardware.host_profile_name(avx2 | {"avx512f", "avx512bw", "avx512vl"}) == "x86_avx2"  # no VNNI
+    assert hardware.host_profile_name(avx2) == "x86_avx2"
+    with pytest.raises(ProfileError, match="no shipped profile fits this CPU"):
+        hardware.host_profile_name({"sse4_2"})
+    # `--hw host` loads the profile of the flags /proc/cpuinfo shows
+    import tvm_mpq.kernels as kernels
+
+    monkeypatch.setattr(kernels, "host_cpu_flags", lambda: set(avx2))
+    assert load_profile("host").name == "x86_avx2"
+    monkeypatch.setattr(kernels, "host_cpu_flags", lambda: set(vnni))
+    assert load_profile("host").name == "x86_avx512_vnni"

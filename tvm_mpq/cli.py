@@ -14,7 +14,8 @@ MODEL_HELP = (
     "A factory reference imports and runs that user code, like torch.load of a full model: "
     "only name code you trust"
 )
-HW_HELP = "a hardware profile name under hw_profiles/ (see `tvm-mpq profiles`) or a path to a YAML file"
+HW_HELP = ("a hardware profile name under hw_profiles/ (see `tvm-mpq profiles`), a path to a YAML file, or "
+           "'host': the shipped profile of this machine's CPU (x86_avx512_vnni or x86_avx2)")
 
 
 BIAS_HELP = ("do not take the mean shift that rounding the weights causes (measured per output channel on the "
@@ -272,10 +273,13 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_store(args) -> int:
+    from .hardware import HOST_PROFILE, host_profile_name
     from .measure.profiler import default_store_path
     from .store import MeasurementStore
 
     path = Path(args.store) if args.store else default_store_path()
+    if getattr(args, "hw", None) == HOST_PROFILE:  # a profile-name filter here: the host's profile
+        args.hw = host_profile_name()
     if args.action == "export":
         with MeasurementStore(path) as store:
             n = store.export_json(args.file, profile=args.hw)

@@ -361,9 +361,32 @@ def available_profiles() -> list[str]:
     return sorted(names)
 
 
+HOST_PROFILE = "host"  # the name that stands for `host_profile_name()`
+# shipped CPU profiles, fastest first, with the kernel library whose CPU flags the machine must have
+_HOST_PROFILES = (("x86_avx512_vnni", "x86_avx512_vnni"), ("x86_avx2", "x86_avx2"))
+
+
+def host_profile_name(cpu_flags: Optional[set[str]] = None) -> str:
+    """The shipped CPU profile this machine runs fastest (`x86_avx512_vnni` where the CPU has AVX-512 with
+    VNNI, `x86_avx2` where it has AVX2 and FMA), for `--hw host`. `cpu_flags`: /proc/cpuinfo's by default."""
+    from .kernels import LIBRARY_CPU_FLAGS, host_cpu_flags
+
+    flags = host_cpu_flags() if cpu_flags is None else set(cpu_flags)
+    for name, library in _HOST_PROFILES:
+        if set(LIBRARY_CPU_FLAGS[library]) <= flags:
+            return name
+    raise ProfileError(
+        "--hw host: no shipped profile fits this CPU (it needs at least AVX2 and FMA; /proc/cpuinfo lists "
+        f"{len(flags)} flags): name a profile (`tvm-mpq profiles`) or write one for this device "
+        "(docs/hardware_profiles.md)")
+
+
 def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
-    """A path to an existing file, or a bare profile name looked up in `profile_dirs()`."""
+    """A path to an existing file, or a bare profile name looked up in `profile_dirs()` ("host": the
+    shipped profile of this machine's CPU, `host_profile_name`)."""
     s = str(name_or_path)
+    if s == HOST_PROFILE and not Path(s).is_file():
+        s = host_profile_name()
     p = Path(s).expanduser()
     looks_like_path = os.sep in s or (os.altsep and os.altsep in s) or p.suffix in (".yaml", ".yml")
     if p.is_file():
