@@ -1,7 +1,7 @@
 """16-bit activations on the VNNI GEMM in two byte planes, layer pairs against FP32, W8A8 and the generic kernels.
 
 Two blocks with the shapes of the models' layers, each compiled for the profile's target at FP32, W8A8,
-W8A16 (dense layers and 1x1 convs on the u8 x s8 GEMM, one call per byte plane) and W8A16 on the generic
+W8A16 (dense layers and 1x1 convs on the two-plane u8 x s8 GEMM) and W8A16 on the generic
 int64 kernels (`x86_avx2_lowering.A16_PLANES` off), checked to give identical outputs on the two W8A16
 paths, and timed side by side in interleaved rounds (2 threads):
 

@@ -217,8 +217,8 @@ def test_plan_latency_sets_measured_segments_beside_the_tables(tiny, x86_profile
 
 
 def test_segments_of_16_bit_layers_on_the_vnni_planes(tiny, tmp_path):
-    """On the VNNI library a W8A16 dense layer or 1x1 conv makes two GEMM calls (one per byte plane); only
-    the first carries the layer tag, so every layer still gets exactly one segment."""
+    """On the VNNI library W8A16 dense layers and 1x1 convs run the two-plane GEMM after a byte-plane pass:
+    the in-model profile still finds one tagged kernel call per layer and gives every layer a segment."""
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import host_runs
 

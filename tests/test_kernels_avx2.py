@@ -417,3 +417,47 @@ def test_hand_written_kernels_carry_attributes_tvm_reads(name):
     assert compute, "no separate compute function: TVM did not take the buffers as noalias"
     params = compute[0].split("(", 1)[1].split(")")[0].split(", ")
     assert all("noalias" in p for p in params if p.startswith("ptr")), compute[0]
+
+
+@needs_vnni
+@pytest.mark.parametrize("m,n,kk,zp", [
+    (64, 200, 96, -32768),   # zero point at qmin: (x - zp) up to 65535
+    (5, 13, 7, 1234),        # everything odd and smaller than a tile
+    (24, 40, 1283, 32767),   # long K, zero point at qmax
+])
+def test_gemm_u16s8_two_planes_bit_exact(m, n, kk, zp):
+    """The two-plane GEMM on int16 activations (high and low bytes of x + 2^15, one register tile each)
+    returns sum((x - zp) * w) in int64, both operand roles, extreme activations and zero points included."""
+    from tvm_mpq.transform.x86_avx2_lowering import A16_OFFSET
+
+    rng = np.random.default_rng(m * n + kk)
+    x = rng.integers(-32768, 32768, (1, kk, n)).astype(np.int16)
+    x[0, 0, :3] = [-32768, 32767, 0]
+    w = rng.integers(-127, 128, (m, kk)).astype(np.int8)
+    w[0, :] = 127
+    ref = np.einsum("mk,bkn->bmn", w.astype(np.int64), x.astype(np.int64) - zp)
+    zc = w.astype(np.int64).sum(axis=1) * (zp + A16_OFFSET)
+    u = x.astype(np.int32) + A16_OFFSET
+    planes = np.stack([u >> 8, u & 255]).astype(np.uint8)  # [2, 1, kk, n]
+    # activations as the vector operand (a 1x1 conv: B panels of the two planes, plane-major)
+    t = k.choose_tiling(1, m, n, lanes=16, max_tile=k.U16S8_MAX_TILE)
+    b_in = planes.reshape(2, kk, n)
+    panels = _run(k.pack_quads_func(b_in.shape, t.nb), b_in, out_shape=k.pack_quads_shape(b_in.shape, t.nb),
+                  out_dtype="uint8", lanes=16)
+    got = _run(k.gemm_func(1, m, n, kk, t, dtype="u16s8", a_batched=False, unsigned="b"),
+               k.pack_weight_quad_rows(w, t.mr), panels, zc, out_shape=(1, m, n), out_dtype="int64", lanes=16)
+    np.testing.assert_array_equal(got, ref)
+    # activations as the broadcast rows (a dense layer: tokens x features)
+    t = k.choose_tiling(1, n, m, lanes=16, max_tile=k.U16S8_MAX_TILE)
+    rows = np.ascontiguousarray(planes[:, 0].transpose(0, 2, 1))  # [2, n, kk]
+    mp = -(-n // t.mr) * t.mr
+    a = _run(k.pack_quad_rows_func(n, kk, t.mr, planes=2), rows, out_shape=(2, mp, -(-kk // 4)), out_dtype="int32",
+             lanes=16)
+    got = _run(k.gemm_func(1, n, m, kk, t, dtype="u16s8", b_batched=False, unsigned="a"), a,
+               k.pack_weight_quad_panels(w, t.nr), zc, out_shape=(1, n, m), out_dtype="int64", lanes=16)
+    np.testing.assert_array_equal(got[0], ref[0].T)
+
+
+def test_gemm_u16s8_refuses_a_tile_without_room_for_two():
+    with pytest.raises(ValueError, match="two tiles"):
+        k.gemm_func(1, 64, 64, 64, k.GemmTiling(8, 2, 1, 16), dtype="u16s8", unsigned="a")

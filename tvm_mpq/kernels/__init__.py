@@ -61,7 +61,8 @@ def host_runs(library: str) -> bool:
 # x86_avx2 11, x86_avx512(_vnni) 5: a depthwise plane larger than L1 is built one output-row group at a time
 # x86_avx512_vnni 6: uint8 depthwise convs on `vpdpbusd` quads (tvm_mpq.kernels.depthwise_vnni)
 # x86_avx512_vnni 7: dense layers and 1x1 convs with 16-bit activations on the u8s8 GEMM, in two byte planes
-KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 7}
+# x86_avx512_vnni 8: both planes in one "u16s8" GEMM (two register tiles, int64 combine and epilogue at the store)
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 8}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

@@ -60,6 +60,7 @@ DEPTHWISE_DIRECT = True  # float32 depthwise with column stride 1 reads X under 
 DEPTHWISE_STRIPS = True  # a depthwise plane larger than L1_PLANE_BYTES is built one output-row group at a time
 L1_PLANE_BYTES = 32 * 1024
 MAX_EXACT_K = (2**31 - 1) // (255 * 127)  # int32 accumulation of (u8 - zp) * s8 terms cannot overflow below this
+U16S8_MAX_TILE = 8  # accumulator vectors per plane of the two-plane GEMM: 2 x 8 of the 32 zmm registers
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,10 @@ TILE_SPEED_16 = {(8, 2): 0.95, (4, 4): 0.93, (6, 2): 0.9, (3, 4): 0.88, (4, 3): 
 TILE_SPEED = {8: TILE_SPEED_8, 16: TILE_SPEED_16}
 
 
-def _best_tile(m: int, n: int, lanes: int = VEC) -> tuple[int, int]:
-    """The tile with the best expected speed: tile speed x useful fraction of the padded rows and columns."""
-    speeds = TILE_SPEED[lanes]
+def _best_tile(m: int, n: int, lanes: int = VEC, max_tile: Optional[int] = None) -> tuple[int, int]:
+    """The tile with the best expected speed: tile speed x useful fraction of the padded rows and columns;
+    `max_tile`: at most this many accumulator vectors (MR x NR)."""
+    speeds = {t: v for t, v in TILE_SPEED[lanes].items() if max_tile is None or t[0] * t[1] <= max_tile}
 
     def score(t):
         mr, nr = t
@@ -112,10 +114,12 @@ def _best_tile(m: int, n: int, lanes: int = VEC) -> tuple[int, int]:
     return max(speeds, key=score)
 
 
-def choose_tiling(batch: int, m: int, n: int, threads: int = 2, lanes: int = VEC) -> GemmTiling:
+def choose_tiling(batch: int, m: int, n: int, threads: int = 2, lanes: int = VEC,
+                  max_tile: Optional[int] = None) -> GemmTiling:
     """Register tile for a GEMM shape (`_best_tile`), and how many row chunks give the thread pool enough
-    independent tasks when there are few column panels."""
-    mr, nr = _best_tile(m, n, lanes)
+    independent tasks when there are few column panels. `max_tile` caps the accumulator vectors (the
+    two-plane "u16s8" GEMM holds two tiles)."""
+    mr, nr = _best_tile(m, n, lanes, max_tile)
     panels = batch * _ceil(n, lanes * nr)
     m_blocks = _ceil(m, mr)
     m_chunks = 1
@@ -220,7 +224,19 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     activations, A int8 weights: a 1x1 conv) or "a" (A uint8 activations, B int8 weights: a dense layer).
     ``gemm(A, B, ZC, [P,] C)``: ZC int32 [m] ("b") or [n] ("a") is zero point x weight sum per output
     channel, subtracted from the accumulator, which is then exactly the int16 path's sum of (x - zp) * w.
+    dtype "u16s8": 16-bit activations as two uint8 byte planes of x + 2^15 (high, then low) stacked on the
+    activation operand's leading axis (A [2 Ba, Mp, K4] for `unsigned` "a", B [2 Bb, NP, K4, NB, 4] for
+    "b"), each through `vpdpbusd` into its own register tile against the same weights; the store forms
+    256 acc_high + acc_low - ZC in int64 (ZC int64: (zero point + 2^15) x weight sum per output channel),
+    the exact sum of (x - zp) * w, and stores it as int64 or through the epilogue. `tiling` must leave
+    room for two tiles (`choose_tiling(max_tile=U16S8_MAX_TILE)`).
     """
+    dual = dtype == "u16s8"
+    if dual:
+        if tiling.mr * tiling.nr > U16S8_MAX_TILE:
+            raise ValueError(f"the u16s8 GEMM holds two tiles: at most {U16S8_MAX_TILE} accumulator vectors "
+                             f"each, got {tiling.mr} x {tiling.nr}")
+        dtype = "u8s8"  # each plane is a u8s8 GEMM
     if dtype == "u8s8":
         if tiling.lanes != 16 or unsigned not in ("a", "b"):
             raise ValueError(f"the u8s8 GEMM has 16-lane tiles and unsigned 'a' or 'b', got {tiling.lanes}, "
@@ -253,37 +269,57 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
     tasks = batch * npan * mc
     is_int = dtype != "float32"
     quads = dtype == "u8s8"
-    a_shape = (ba, mp, kk)
-    b_shape = (bb, npan, kk, nb, pair) if is_int else (bb, npan, kk, nb)
+    planes_a = 2 if dual and unsigned == "a" else 1  # copies of the operand along its leading axis
+    planes_b = 2 if dual and unsigned == "b" else 1
+    a_plane = ba * mp * kk if planes_a == 2 else 0  # offset of the low plane
+    b_plane = bb * npan * kk * nb * pair if planes_b == 2 else 0
+    a_shape = (planes_a * ba, mp, kk)
+    b_shape = (planes_b * bb, npan, kk, nb, pair) if is_int else (bb, npan, kk, nb)
     zc_len = m if unsigned == "b" else n
+    zc_t = "int64" if dual else "int32"
+    store_t = "int64" if dual else acc_t  # what the store sees: the planes' int64 sum, or the accumulator
     c_shape = tuple(int(v) for v in out_shape) if out_shape is not None else (batch, m, n)
     if int(np.prod(c_shape)) != batch * m * n:
         raise ValueError(f"out_shape {c_shape} does not hold {batch} x {m} x {n} elements")
-    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, acc_t, m if channel == "row" else n, channel,
+    out_t, n_par, out_vec, out_scalar = _outputs(epilogue, store_t, m if channel == "row" else n, channel,
                                                  lanes=L)
 
     mac = _mac_u8s8_macro(unsigned) if quads else _mac_macro(is_int, L)
     zero = T.int32(0) if is_int else T.float32(0)
 
-    def corrected(ZC, v, row, col):  # the zero-point correction of the u8s8 GEMM (identity otherwise)
+    def corrected(ZC, acc, acc2, at, row, col):
+        """The sums in acc[at:at+L] with the u8s8 GEMM's zero-point correction (u16s8: the high plane's
+        sums in `acc`, the low plane's in `acc2`, combined in int64)."""
+        v = acc[T.ramp(at, 1, L)]
         if not quads:
             return v
-        return v - (T.broadcast(ZC[row], L) if unsigned == "b" else ZC[T.ramp(col, 1, L)])
+        zc = T.broadcast(ZC[row], L) if unsigned == "b" else ZC[T.ramp(col, 1, L)]
+        if dual:
+            i64 = f"int64x{L}"
+            return T.Cast(i64, v) * T.broadcast(T.int64(256), L) + T.Cast(i64, acc2[T.ramp(at, 1, L)]) - zc
+        return v - zc
 
-    def corrected1(ZC, v, row, col):
+    def corrected1(ZC, edge, edge2, at, row, col):
+        v = edge[at]
         if not quads:
             return v
-        return v - ZC[row if unsigned == "b" else col]
+        zc = ZC[row if unsigned == "b" else col]
+        if dual:
+            return T.Cast("int64", v) * T.int64(256) + T.Cast("int64", edge2[at]) - zc
+        return v - zc
 
     @T.macro
     def body(A, B, ZC, P, C_nd):
-        Af = T.decl_buffer((ba * mp * kk,), a_t, data=A.data)
-        Bf = T.decl_buffer((bb * npan * kk * nb * pair,), b_t, data=B.data)
+        Af = T.decl_buffer((planes_a * ba * mp * kk,), a_t, data=A.data)
+        Bf = T.decl_buffer((planes_b * bb * npan * kk * nb * pair,), b_t, data=B.data)
         C = T.decl_buffer((batch * m * n,), out_t, data=C_nd.data)
         for task in T.parallel(tasks):
             # scope "global" under the 1 KiB limit is a stack alloca, which LLVM promotes to registers
             acc = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
             edge = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
+            if dual:  # the low plane's tile
+                acc2 = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
+                edge2 = T.alloc_buffer((mr * nr * L,), acc_t, scope="global")
             b_ = task // (npan * mc)
             no = task % (npan * mc) // mc
             ch = task % mc
@@ -292,37 +328,55 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
                     m0 = (ch * per_chunk + mo_i) * mr
                     for t in T.unroll(mr * nr):
                         acc[T.ramp(t * L, 1, L)] = T.broadcast(zero, L)
+                        if dual:
+                            acc2[T.ramp(t * L, 1, L)] = T.broadcast(zero, L)
                     for kq in range(kk):
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
                                 mac(acc, (i * nr + j) * L, Af[b_ * a_stride_b + (m0 + i) * kk + kq],
                                     Bf[T.ramp(b_ * b_stride_b + ((no * kk + kq) * nb + j * L) * pair, 1, vlen)])
+                                if dual:
+                                    mac(acc2, (i * nr + j) * L, Af[a_plane + b_ * a_stride_b + (m0 + i) * kk + kq],
+                                        Bf[T.ramp(b_plane + b_ * b_stride_b + ((no * kk + kq) * nb + j * L) * pair,
+                                                  1, vlen)])
                     if m0 + mr <= m and no * nb + nb <= n:
                         for i in T.unroll(mr):
                             for j in T.unroll(nr):
-                                C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * L, 1, L)] = out_vec(
-                                    P, corrected(ZC, acc[T.ramp((i * nr + j) * L, 1, L)], m0 + i, no * nb + j * L),
-                                    m0 + i, no * nb + j * L)
+                                if dual:
+                                    C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * L, 1, L)] = out_vec(
+                                        P, corrected(ZC, acc, acc2, (i * nr + j) * L, m0 + i, no * nb + j * L),
+                                        m0 + i, no * nb + j * L)
+                                else:
+                                    C[T.ramp((b_ * m + m0 + i) * n + no * nb + j * L, 1, L)] = out_vec(
+                                        P, corrected(ZC, acc, None, (i * nr + j) * L, m0 + i, no * nb + j * L),
+                                        m0 + i, no * nb + j * L)
                     else:
                         # edge tile: copy out with constant indices (keeps `acc` in registers), then mask
                         for t in T.unroll(mr * nr):
                             edge[T.ramp(t * L, 1, L)] = acc[T.ramp(t * L, 1, L)]
+                            if dual:
+                                edge2[T.ramp(t * L, 1, L)] = acc2[T.ramp(t * L, 1, L)]
                         for i in range(mr):
                             for jl in range(nb):
                                 if m0 + i < m and no * nb + jl < n:
-                                    C[(b_ * m + m0 + i) * n + no * nb + jl] = out_scalar(
-                                        P, corrected1(ZC, edge[i * nb + jl], m0 + i, no * nb + jl), m0 + i,
-                                        no * nb + jl)
+                                    if dual:
+                                        C[(b_ * m + m0 + i) * n + no * nb + jl] = out_scalar(
+                                            P, corrected1(ZC, edge, edge2, i * nb + jl, m0 + i, no * nb + jl),
+                                            m0 + i, no * nb + jl)
+                                    else:
+                                        C[(b_ * m + m0 + i) * n + no * nb + jl] = out_scalar(
+                                            P, corrected1(ZC, edge, None, i * nb + jl, m0 + i, no * nb + jl),
+                                            m0 + i, no * nb + jl)
 
     if quads and epilogue is None:
         @T.prim_func
-        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), "int32"),
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), zc_t),
                  C_nd: T.Buffer(c_shape, out_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             body(A, B, ZC, None, C_nd)
     elif quads:
         @T.prim_func
-        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), "int32"),
+        def gemm(A: T.Buffer(a_shape, a_t), B: T.Buffer(b_shape, b_t), ZC: T.Buffer((zc_len,), zc_t),
                  P: T.Buffer((n_par,), "float32"), C_nd: T.Buffer(c_shape, out_t)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             body(A, B, ZC, P, C_nd)
@@ -338,7 +392,8 @@ def gemm_func(batch: int, m: int, n: int, k: int, tiling: GemmTiling, *, dtype: 
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             body(A, B, None, P, C_nd)
 
-    return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc, L], dtype=dtype,
+    return _with_spec(gemm, "gemm", batch=batch, m=m, n=n, k=k, tiling=[mr, nr, mc, L],
+                      dtype="u16s8" if dual else dtype,
                       a_batched=a_batched, b_batched=b_batched, out_shape=list(c_shape), unsigned=unsigned)
 
 
@@ -567,21 +622,25 @@ def pack_quads_func(shape, nb: int, *, conv_input: bool = False):
     return main
 
 
-def pack_quad_rows_func(m: int, k: int, mr: int):
+def pack_quad_rows_func(m: int, k: int, mr: int, planes: int = 1):
     """PrimFunc ``main(X, Y)``: the A rows of the u8s8 GEMM (int32 [1, Mp, K4], four bytes of a row each)
-    of uint8 activations X [M, K]: the rows' bytes, padded with 0 to whole groups and tiles."""
+    of uint8 activations X [M, K]: the rows' bytes, padded with 0 to whole groups and tiles. `planes` 2:
+    X [2, M, K] (the byte planes of the u16s8 GEMM) → Y [2, Mp, K4]."""
     mp, k4 = _ceil(m, mr) * mr, _ceil(k, 4)
+    x_shape = (m, k) if planes == 1 else (planes, m, k)
 
     @T.prim_func(check_well_formed=False)  # the root block (see below) is not plain TIR
-    def main(X_nd: T.Buffer((m, k), "uint8"), Y_nd: T.Buffer((1, mp, k4), "int32")):
+    def main(X_nd: T.Buffer(x_shape, "uint8"), Y_nd: T.Buffer((planes, mp, k4), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
         with T.sblock("root"):  # as in `pack_quads_func`
-            X = T.decl_buffer((m * k,), "uint8", data=X_nd.data)
-            Y = T.decl_buffer((mp * k4 * 4,), "uint8", data=Y_nd.data)
-            for r in T.parallel(mp):
+            X = T.decl_buffer((planes * m * k,), "uint8", data=X_nd.data)
+            Y = T.decl_buffer((planes * mp * k4 * 4,), "uint8", data=Y_nd.data)
+            for pr in T.parallel(planes * mp):
+                p = pr // mp
+                r = pr % mp
                 for c in range(k4 * 4):
-                    Y[r * k4 * 4 + c] = T.if_then_else(r < m and c < k, X[T.min(r, m - 1) * k + T.min(c, k - 1)],
-                                                       T.uint8(0))
+                    Y[pr * k4 * 4 + c] = T.if_then_else(
+                        r < m and c < k, X[(p * m + T.min(r, m - 1)) * k + T.min(c, k - 1)], T.uint8(0))
 
     return main
 
@@ -1064,7 +1123,8 @@ def epilogue_geometry(spec: dict) -> tuple[int, int, tuple[str, ...], str, bool]
     column ("col"); a conv's rows are its output channels and its columns its pixels."""
     kind, p = spec["kind"], spec["params"]
     if kind == "gemm":
-        return p["m"], p["n"], ("row", "col"), "float32" if p["dtype"] == "float32" else "int32", True
+        acc = {"float32": "float32", "u16s8": "int64"}.get(p["dtype"], "int32")
+        return p["m"], p["n"], ("row", "col"), acc, True
     if kind == "direct_conv":
         g = p["geometry"]
         geo = DirectConvGeometry(**g)

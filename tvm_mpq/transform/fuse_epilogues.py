@@ -101,7 +101,7 @@ def _extend(chain: _Chain, value, cur, cur_shape, defs, reshape_ok: bool) -> Opt
         return None
     if name == "relax.astype":
         to = str(value.attrs.dtype)
-        if to == "float32" and not chain.float_started and chain.dtype == "int32":
+        if to == "float32" and not chain.float_started and chain.dtype in ("int32", "int64"):
             chain.float_started, chain.dtype = True, "float32"
             return "ok"
         if to in INT_OUT and chain.float_started and chain.steps:

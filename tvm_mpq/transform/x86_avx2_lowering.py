@@ -10,9 +10,9 @@ library) runs 1x1 convs and dense layers with uint8 activations on the u8s8 GEMM
 `vpdpbusd` on raw uint8 activations and int8 weights, the zero point subtracted per output channel):
 half the operand bytes of the int16 pairs and twice the multiply-adds per instruction, and depthwise convs
 with uint8 activations on `vpdpbusd` too (`tvm_mpq.kernels.depthwise_vnni`: four taps of a filter row an
-instruction). It also runs dense layers and 1x1 convs with 16-bit activations on the same u8s8 GEMM
+instruction). It also runs dense layers and 1x1 convs with 16-bit activations on the u8s8 GEMM
 (`dense_a16`, `conv1x1_a16`): the int16 values, offset to uint16, split into a high and a low byte plane,
-each plane through the GEMM, the two sums recombined exactly in int64.
+one register tile per plane, the two sums combined exactly in int64 as the kernel stores.
 """
 
 from __future__ import annotations
@@ -196,10 +196,11 @@ def dense(bb, x, weight: np.ndarray, *, zero_point: int = 0, dtype: str = "int16
 #
 # An int16 activation q offset by 2^15 is a uint16 u = 256 h + l with bytes h, l in [0, 255], so
 #     sum_k (q - zp) w = 256 sum_k h w + sum_k l w - (zp + 2^15) sum_k w.
-# Each byte plane's sum is an exact int32 for K <= MAX_EXACT_K (as the uint8 path's); the recombination runs
-# in int64, which is the accumulator the generic 16-bit kernels return, so what follows is unchanged and the
-# result is bit for bit theirs (and the simulator's). Two vpdpbusd per four k: the multiply-adds of vpdpwssd
-# on int16 pairs, without its int32 overflow past ~500 k.
+# The "u16s8" GEMM (`kernels.x86_avx2.gemm_func`) keeps one register tile per byte plane, each an exact int32
+# for K <= MAX_EXACT_K (as the uint8 path's), against the same weights, and forms the sum above in int64 as it
+# stores — the accumulator the generic 16-bit kernels return, so the result is bit for bit theirs (and the
+# simulator's), and the requantize after it becomes the kernel's epilogue (`transform.fuse_epilogues`). Two
+# vpdpbusd per four k: the multiply-adds of vpdpwssd on int16 pairs, without its int32 overflow past ~500 k.
 
 A16_OFFSET = 1 << 15
 A16_PLANES = True  # False: 16-bit activations on the generic int64 kernels (benchmarks/epilogues.py compares)
@@ -218,47 +219,37 @@ def supports_a16(wl: Workload) -> bool:
 
 
 def _byte_planes(bb, xq):
-    """int16 x → (high bytes, low bytes) of x + 2^15, uint8 tensors of x's shape (elementwise, so each is a
-    vectorized pass; kept apart rather than stacked, which would make the passes index-shifting copies)."""
-    u = bb.emit(relax.op.add(relax.op.astype(xq, "int32"), relax.const(A16_OFFSET, "int32")))
-    hi = bb.emit(relax.op.astype(relax.op.right_shift(u, relax.const(8, "int32")), "uint8"))
-    lo = bb.emit(relax.op.astype(relax.op.bitwise_and(u, relax.const(255, "int32")), "uint8"))
-    return hi, lo
+    """int16 x [*S] → uint8 [2, *S]: the high bytes of x + 2^15, then the low bytes (one pass, which FuseOps
+    joins to the quantize in front)."""
+    from tvm import te, tirx
+
+    def planes(x):
+        def byte(p, *idx):
+            u = x(*idx).astype("int32") + A16_OFFSET
+            return tirx.Select(p == 0, u >> 8, u & 255).astype("uint8")
+        return te.compute((2, *x.shape), byte, name="byte_planes")
+
+    return bb.emit_te(planes, xq, primfunc_name_hint="byte_planes")
 
 
-def _combine_planes(bb, acc_hi, acc_lo, weight_sums: np.ndarray, zero_point: int, shape):
-    """The two planes' int32 sums → int64 sum of (x - zp) w (elementwise: fuses into the requantize)."""
-    total = relax.op.add(relax.op.multiply(relax.op.astype(acc_hi, "int64"), relax.const(256, "int64")),
-                         relax.op.astype(acc_lo, "int64"))
-    corr = (weight_sums.astype(np.int64) * (int(zero_point) + A16_OFFSET)).reshape(shape)
-    return bb.emit(relax.op.subtract(total, relax.const(corr, "int64")))
-
-
-def _plane_gemms(func, tag: str):
-    """(function, name, tag) of the high and the low plane's GEMM call. Only the first carries the layer
-    tag: a layer's calls are one tagged kernel call and what follows it (`measure.in_model.layer_segments`),
-    so the second is a distinct function (an attribute tells it apart; the block builder would otherwise
-    reuse the tagged one) under a name of its own."""
-    return ((func, "avx512_vnni_gemm_a16", tag),
-            (func.with_attr("mpq_byte_plane", "low"), "avx512_vnni_gemm_a16_low", ""))
+def _plane_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
+    """(zp + 2^15) x the weight sum of each output channel, int64 [O]."""
+    return w2d.astype(np.int64).sum(axis=1) * (int(zero_point) + A16_OFFSET)
 
 
 def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     """int16 x [M, K] @ int8-valued weight[N, K].T → int64 accumulator [M, N] (see `A16_OFFSET`)."""
     m, kk = (int(v) for v in xq.ty.shape)
     nn = int(weight.shape[0])
-    tiling = k.choose_tiling(1, m, nn, lanes=16)
+    tiling = k.choose_tiling(1, m, nn, lanes=16, max_tile=k.U16S8_MAX_TILE)
     w = weight.astype(np.int8)
+    a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr, planes=2), "avx512_pack_quad_rows",
+              [_byte_planes(bb, xq)], (2, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
     b = relax.const(k.pack_weight_quad_panels(w, tiling.nr))
-    zc = relax.const(np.zeros(nn, np.int32))
-    func = k.gemm_func(1, m, nn, kk, tiling, dtype="u8s8", a_batched=True, b_batched=False, out_shape=(m, nn),
+    zc = relax.const(_plane_correction(w, zero_point), "int64")
+    func = k.gemm_func(1, m, nn, kk, tiling, dtype="u16s8", a_batched=True, b_batched=False, out_shape=(m, nn),
                        unsigned="a")
-    accs = []
-    for plane, (gemm, name, tg) in zip(_byte_planes(bb, xq), _plane_gemms(func, tag)):
-        a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr), "avx512_pack_quad_rows", [plane],
-                  (1, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
-        accs.append(_call(bb, gemm, name, [a, b, zc], (m, nn), "int32", tg))
-    return _combine_planes(bb, *accs, w.astype(np.int64).sum(axis=1), zero_point, (1, nn))
+    return _call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (m, nn), "int64", tag)
 
 
 def conv1x1_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, tag: str = ""):
@@ -266,19 +257,17 @@ def conv1x1_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, ta
     n = wl.input_shape[0]
     o, c = wl.weight_shape[0], wl.weight_shape[1]
     oh, ow = wl.output_shape[2], wl.output_shape[3]
-    shape = [n, c, oh, ow]
-    tiling = k.choose_tiling(n, o, oh * ow, lanes=16)
+    shape = [2 * n, c, oh, ow]  # the planes, plane-major: a batch of 2N
+    planes = bb.emit(relax.op.reshape(_byte_planes(bb, xq), shape))
+    tiling = k.choose_tiling(n, o, oh * ow, lanes=16, max_tile=k.U16S8_MAX_TILE)
     w2d = weight.reshape(o, -1).astype(np.int8)
     a = relax.const(k.pack_weight_quad_rows(w2d, tiling.mr))
-    zc = relax.const(np.zeros(o, np.int32))
-    func = k.gemm_func(n, o, oh * ow, c, tiling, dtype="u8s8", a_batched=False, b_batched=True,
+    b = _call(bb, k.pack_quads_func(shape, tiling.nb, conv_input=True), "avx512_pack_quads", [planes],
+              k.pack_quads_shape(shape, tiling.nb, conv_input=True), "uint8")
+    zc = relax.const(_plane_correction(w2d, zero_point), "int64")
+    func = k.gemm_func(n, o, oh * ow, c, tiling, dtype="u16s8", a_batched=False, b_batched=True,
                        out_shape=(n, o, oh, ow), unsigned="b")
-    accs = []
-    for plane, (gemm, name, tg) in zip(_byte_planes(bb, xq), _plane_gemms(func, tag)):
-        b = _call(bb, k.pack_quads_func(shape, tiling.nb, conv_input=True), "avx512_pack_quads", [plane],
-                  k.pack_quads_shape(shape, tiling.nb, conv_input=True), "uint8")
-        accs.append(_call(bb, gemm, name, [a, b, zc], (n, o, oh, ow), "int32", tg))
-    return _combine_planes(bb, *accs, w2d.astype(np.int64).sum(axis=1), zero_point, (1, o, 1, 1))
+    return _call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (n, o, oh, ow), "int64", tag)
 
 
 def matmul(bb, a, b, *, a_zero_point: int = 0, b_zero_point: int = 0, dtype: str = "int16", tag: str = "",
