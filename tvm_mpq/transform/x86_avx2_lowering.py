@@ -219,17 +219,20 @@ def supports_a16(wl: Workload) -> bool:
 
 
 def _byte_planes(bb, xq):
-    """int16 x [*S] → uint8 [2, *S]: the high bytes of x + 2^15, then the low bytes (one pass, which FuseOps
-    joins to the quantize in front)."""
+    """int16 x [B, *S] → uint8 [2B, *S]: the high bytes of x + 2^15 (batches 0..B-1), then the low bytes.
+    One pass, kept apart from the ops in front (`_unfused_te`): fused, every op before the quantize (a
+    GELU, say) would run once per plane."""
     from tvm import te, tirx
 
     def planes(x):
-        def byte(p, *idx):
-            u = x(*idx).astype("int32") + A16_OFFSET
-            return tirx.Select(p == 0, u >> 8, u & 255).astype("uint8")
-        return te.compute((2, *x.shape), byte, name="byte_planes")
+        batch = int(x.shape[0])
 
-    return bb.emit_te(planes, xq, primfunc_name_hint="byte_planes")
+        def byte(b, *idx):
+            u = x(b % batch, *idx).astype("int32") + A16_OFFSET
+            return tirx.Select(b < batch, u >> 8, u & 255).astype("uint8")
+        return te.compute((2 * batch, *x.shape[1:]), byte, name="byte_planes")
+
+    return _unfused_te(bb, planes, xq, "byte_planes")
 
 
 def _plane_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
@@ -243,8 +246,9 @@ def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     nn = int(weight.shape[0])
     tiling = k.choose_tiling(1, m, nn, lanes=16, max_tile=k.U16S8_MAX_TILE)
     w = weight.astype(np.int8)
+    planes = bb.emit(relax.op.reshape(xq, (1, m, kk)))  # a view: the planes come out [2, M, K]
     a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr, planes=2), "avx512_pack_quad_rows",
-              [_byte_planes(bb, xq)], (2, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
+              [_byte_planes(bb, planes)], (2, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
     b = relax.const(k.pack_weight_quad_panels(w, tiling.nr))
     zc = relax.const(_plane_correction(w, zero_point), "int64")
     func = k.gemm_func(1, m, nn, kk, tiling, dtype="u16s8", a_batched=True, b_batched=False, out_shape=(m, nn),
@@ -258,7 +262,7 @@ def conv1x1_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, ta
     o, c = wl.weight_shape[0], wl.weight_shape[1]
     oh, ow = wl.output_shape[2], wl.output_shape[3]
     shape = [2 * n, c, oh, ow]  # the planes, plane-major: a batch of 2N
-    planes = bb.emit(relax.op.reshape(_byte_planes(bb, xq), shape))
+    planes = _byte_planes(bb, xq)
     tiling = k.choose_tiling(n, o, oh * ow, lanes=16, max_tile=k.U16S8_MAX_TILE)
     w2d = weight.reshape(o, -1).astype(np.int8)
     a = relax.const(k.pack_weight_quad_rows(w2d, tiling.mr))
