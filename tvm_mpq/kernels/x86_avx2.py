@@ -696,9 +696,10 @@ def pack_weight_quad_panels(w_nk: np.ndarray, nr: int, lanes: int = 16) -> np.nd
     return full.reshape(npan, nb, k4, 4).transpose(0, 2, 1, 3).reshape(1, npan, k4, nb, 4).copy()
 
 
-def zero_point_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
-    """ZC of the u8s8 GEMM: zero point x the sum of each output channel's weights (rows of w2d), int32."""
-    return (int(zero_point) * w2d.astype(np.int64).sum(axis=1)).astype(np.int32)
+def zero_point_correction(w2d: np.ndarray, zero_point: int, dtype: str = "int32") -> np.ndarray:
+    """ZC of the u8s8 GEMM: zero point x the sum of each output channel's weights (rows of w2d), int32
+    (int64 for the u16s8 GEMM, whose "zero point" is the activations' + 2^15)."""
+    return (int(zero_point) * w2d.astype(np.int64).sum(axis=1)).astype(dtype)
 
 
 # ------------------------------------------------------------------------------------- depthwise conv

@@ -206,19 +206,17 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     lanes = PACKED_CPU_LIBRARIES.get(kernels, 8)
     vnni = kernels == "x86_avx512_vnni"
     # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
-    a16 = vnni and encs and encs[0].dtype == "int16" and layer.op_type != "matmul" and avx2.supports_a16(wl)
+    a16 = vnni and encs[0].dtype == "int16" and avx2.supports_a16(wl)
 
     def quantized(x, enc):
         return x if inputs_quantized else emit_quantize(bb, x, enc)
 
     if layer.op_type == "conv2d":
         xq = quantized(args[0], encs[0])
-        if fast:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
+        if fast or a16:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
-        elif a16:
-            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag)
+            acc = (avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
+                   if fast else avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag))
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
@@ -236,13 +234,11 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         if len(wl.input_shape) != 2:  # reshape before quantizing: the quantize may fuse into the producer
             x = bb.emit(relax.op.reshape(x, (-1, k)))
         xq = quantized(x, encs[0])
-        if fast:
+        if fast or a16:
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
-                             vnni=vnni)
-        elif a16:
-            q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = avx2.dense_a16(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag)
+            acc = (avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
+                              vnni=vnni)
+                   if fast else avx2.dense_a16(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag))
         else:
             w, w_scale = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(

@@ -235,11 +235,6 @@ def _byte_planes(bb, xq):
     return _unfused_te(bb, planes, xq, "byte_planes")
 
 
-def _plane_correction(w2d: np.ndarray, zero_point: int) -> np.ndarray:
-    """(zp + 2^15) x the weight sum of each output channel, int64 [O]."""
-    return w2d.astype(np.int64).sum(axis=1) * (int(zero_point) + A16_OFFSET)
-
-
 def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     """int16 x [M, K] @ int8-valued weight[N, K].T → int64 accumulator [M, N] (see `A16_OFFSET`)."""
     m, kk = (int(v) for v in xq.ty.shape)
@@ -250,7 +245,7 @@ def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     a = _call(bb, k.pack_quad_rows_func(m, kk, tiling.mr, planes=2), "avx512_pack_quad_rows",
               [_byte_planes(bb, planes)], (2, -(-m // tiling.mr) * tiling.mr, -(-kk // 4)), "int32")
     b = relax.const(k.pack_weight_quad_panels(w, tiling.nr))
-    zc = relax.const(_plane_correction(w, zero_point), "int64")
+    zc = relax.const(k.zero_point_correction(w, zero_point + A16_OFFSET, "int64"), "int64")
     func = k.gemm_func(1, m, nn, kk, tiling, dtype="u16s8", a_batched=True, b_batched=False, out_shape=(m, nn),
                        unsigned="a")
     return _call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (m, nn), "int64", tag)
@@ -268,7 +263,7 @@ def conv1x1_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, ta
     a = relax.const(k.pack_weight_quad_rows(w2d, tiling.mr))
     b = _call(bb, k.pack_quads_func(shape, tiling.nb, conv_input=True), "avx512_pack_quads", [planes],
               k.pack_quads_shape(shape, tiling.nb, conv_input=True), "uint8")
-    zc = relax.const(_plane_correction(w2d, zero_point), "int64")
+    zc = relax.const(k.zero_point_correction(w2d, zero_point + A16_OFFSET, "int64"), "int64")
     func = k.gemm_func(n, o, oh * ow, c, tiling, dtype="u16s8", a_batched=False, b_batched=True,
                        out_shape=(n, o, oh, ow), unsigned="b")
     return _call(bb, func, "avx512_vnni_gemm_a16", [a, b, zc], (n, o, oh, ow), "int64", tag)
