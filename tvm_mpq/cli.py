@@ -22,6 +22,10 @@ BIAS_HELP = ("do not take the mean shift that rounding the weights causes (measu
              "calibration data) off each quantized layer's output")
 
 
+SMOOTHING_HELP = ("do not smooth W8A8 layers (per-input-channel factors that move activation outliers into the "
+                  "weights, chosen per layer on the calibration data)")
+
+
 def _fmt_db(v: float) -> str:
     return "inf" if v == float("inf") else f"{v:.1f}"
 
@@ -33,6 +37,7 @@ def _cmd_compile(args) -> int:
         args.model, args.hw, args.plan, args.out,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, range_method=args.range_method,
         bias_correction=False if args.no_bias_correction else None,
+        smoothing=False if args.no_smoothing else None,
         compare_fp32=args.compare_fp32, repeat=args.repeat,
         log=lambda m: print(f"[tvm-mpq] {m}", file=sys.stderr, flush=True),
     )
@@ -212,7 +217,7 @@ def _cmd_search(args) -> int:
     config = SearchConfig(
         calib_samples=args.calib_samples, sensitivity_samples=min(args.sensitivity_samples, args.calib_samples),
         eval_samples=args.eval_samples, range_method=args.range_method, bias_correction=not args.no_bias_correction,
-        order=args.order, cost=args.cost,
+        smoothing=not args.no_smoothing, order=args.order, cost=args.cost,
         min_sqnr_db=args.min_sqnr, max_drop_db=None if labeled else args.max_drop,
         min_score=args.min_score, max_score_drop=args.max_drop if labeled else None,
         latency_budget_ms=args.latency_budget, selection=args.selection, measure_points=args.measure,
@@ -342,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="activation range estimator (default minmax)")
     p.add_argument("--no-bias-correction", action="store_true", help=BIAS_HELP)
+    p.add_argument("--no-smoothing", action="store_true", help=SMOOTHING_HELP)
     p.add_argument("--compare-fp32", action="store_true", help="also compile and time the FP32 model")
     p.add_argument("--repeat", type=int, default=10, help="timed runs of the whole model (default 10)")
     p.set_defaults(func=_cmd_compile)
@@ -390,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples scored in phase 3 (default 64)")
     p.add_argument("--range-method", default="minmax", choices=["minmax", "percentile", "mse"])
     p.add_argument("--no-bias-correction", action="store_true", help=BIAS_HELP)
+    p.add_argument("--no-smoothing", action="store_true", help=SMOOTHING_HELP)
     p.add_argument("--store", help="measurement database (default: ~/.cache/tvm_mpq/measurements.sqlite)")
     p.set_defaults(func=_cmd_search)
 

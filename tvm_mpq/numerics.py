@@ -156,11 +156,15 @@ def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ActEncoding:
-    """Per-tensor affine encoding of an activation: real = (q - zero_point) * scale."""
+    """Per-tensor affine encoding of an activation: real = (q - zero_point) * scale.
+
+    With `channel_scale` (smoothing factors s, `tvm_mpq.smoothing`) the encoded tensor is the activation
+    divided by s along its channel axis: real_c = (q - zero_point) * scale * s_c."""
 
     scale: float
     zero_point: int
     bits: int
+    channel_scale: Optional[tuple[float, ...]] = None
 
     @property
     def dtype(self) -> str:
@@ -180,8 +184,18 @@ class ActEncoding:
     def qmax(self) -> int:
         return act_qrange(self.bits)[1]
 
+    def multiplier(self):
+        """What quantizing multiplies by before rounding: the float32 `inv_scale`, or with smoothing
+        factors the float32 vector inv_scale / s (one multiply per element either way)."""
+        if self.channel_scale is None:
+            return np.float32(self.inv_scale)
+        return (np.float32(self.inv_scale) / np.asarray(self.channel_scale, np.float32)).astype(np.float32)
+
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
+        out = {"scale": self.scale, "zero_point": self.zero_point, "bits": self.bits}
+        if self.channel_scale is not None:
+            out["channel_scale"] = list(self.channel_scale)
+        return out
 
 
 def act_dtype(bits: int) -> str:

@@ -13,7 +13,8 @@ from .frontend import import_model
 from .hardware import HardwareProfile, load_profile
 from .models import ModelSpec, load_model
 from .numerics import get_candidate, sqnr_db
-from .plan import HOMOGENEOUS, Plan, corrections_from_stats, homogeneous_plan, ranges_from_stats, resolve
+from .plan import (HOMOGENEOUS, SMOOTHED_CANDIDATE, Plan, corrections_from_stats, homogeneous_plan, ranges_from_stats,
+                   resolve, smoothing_from_stats)
 from .simulate import Simulator
 
 
@@ -24,9 +25,10 @@ def _top_k_agreement(ref: np.ndarray, test: np.ndarray, k: int) -> float:
 
 
 def make_plan(plan: Union[str, Path, Plan], imported, profile: HardwareProfile, stats: dict, range_method: str,
-              model_name: str = "", bias_correction: Optional[bool] = None) -> Plan:
-    """A resolved plan from a homogeneous name (fp32, w8a8, …), a plan file, or a Plan; ranges and bias
-    corrections the plan lacks from `stats`. `bias_correction` None: as the plan says (default on)."""
+              model_name: str = "", bias_correction: Optional[bool] = None, smoothing: Optional[bool] = None) -> Plan:
+    """A resolved plan from a homogeneous name (fp32, w8a8, …), a plan file, or a Plan; ranges, bias
+    corrections and smoothing factors the plan lacks from `stats`. `bias_correction` and `smoothing` None:
+    as the plan says (default on)."""
     if isinstance(plan, str) and plan.lower() in HOMOGENEOUS:
         draft = homogeneous_plan(imported.graph, profile, plan, {}, model=model_name)
     elif isinstance(plan, Plan):
@@ -38,19 +40,31 @@ def make_plan(plan: Union[str, Path, Plan], imported, profile: HardwareProfile, 
         draft = Plan.load(path)
     # Expand the default first so ranges are derived for the bits each layer ends up with.
     names = {n: draft.layers.get(n, draft.default or "FP32") for n in imported.graph.layers}
-    computed = ranges_from_stats(stats, names, range_method)
-    ranges = {**computed, **{k: v for k, v in draft.ranges.items() if k in imported.graph.layers}}
     calibration = dict(draft.calibration or {"method": range_method})
     calibration["bias_correction"] = bool(calibration.get("bias_correction", True) if bias_correction is None
                                           else bias_correction)
+    calibration["smoothing"] = bool(calibration.get("smoothing", True) if smoothing is None else smoothing)
+    # A layer's range, bias correction and smoothing belong together: the plan's where it gives the layer's
+    # range (unless that range is of a smoothed input and the layer is no longer W8A8), else calibrated.
+    stale = {n for n in draft.smoothing if names.get(n) != SMOOTHED_CANDIDATE}
+    own = {n for n in draft.ranges if n in names and n not in stale}
+    factors = {n: v for n, v in smoothing_from_stats(stats, names).items() if n not in own} \
+        if calibration["smoothing"] else {}
+    factors.update({n: draft.smoothing[n] for n in own if n in draft.smoothing})
+    ranges = {**ranges_from_stats(stats, names, range_method, set(factors)),
+              **{k: draft.ranges[k] for k in own}}
     corrections = {}
     if calibration["bias_correction"]:  # the plan's own where they are for the layer's weight bits
-        corrections = corrections_from_stats(stats, names)
+        corrections = corrections_from_stats(stats, names, set(factors))
+        for name, values in factors.items():  # calibrated for other factors: not this layer's weights
+            calibrated = stats[name][0].smoothed if stats.get(name) else None
+            if calibrated is None or tuple(calibrated.factors) != tuple(values):
+                corrections.pop(name, None)
         for name, (bits, values) in draft.bias_corrections.items():
-            if name in names and get_candidate(names[name]).weight_bits == bits:
+            if name in names and name not in stale and get_candidate(names[name]).weight_bits == bits:
                 corrections[name] = (bits, values)
     draft = Plan(draft.layers, ranges, draft.model or model_name, draft.profile or profile.name,
-                 calibration, draft.default, draft.source_lines, corrections)
+                 calibration, draft.default, draft.source_lines, corrections, factors)
     return resolve(draft, imported.graph, profile)
 
 
@@ -64,6 +78,7 @@ def quantize_and_compile(
     eval_samples: int = 16,
     range_method: str = "minmax",
     bias_correction: Optional[bool] = None,
+    smoothing: Optional[bool] = None,
     compare_fp32: bool = False,
     repeat: int = 10,
     log: Callable[[str], None] = lambda msg: None,
@@ -90,11 +105,12 @@ def quantize_and_compile(
     calib, evals = data[:calib_samples], data[calib_samples:calib_samples + eval_samples]
     t = time.perf_counter()
     sim = Simulator(imported)
+    sim.smoothing = smoothing is not False
     stats = sim.calibrate(calib)
     timings["calibrate_s"] = time.perf_counter() - t
     log(f"calibrated {len(imported.graph.layers)} layers on {len(calib)} samples")
 
-    resolved = make_plan(plan, imported, profile, stats, range_method, spec.name, bias_correction)
+    resolved = make_plan(plan, imported, profile, stats, range_method, spec.name, bias_correction, smoothing)
     y_float = sim.run(evals)
     sim.configure_plan(resolved)
     y_sim = sim.run(evals)
@@ -130,6 +146,7 @@ def quantize_and_compile(
         "calib_samples": len(calib),
         "range_method": range_method,
         "bias_correction": resolved.calibration["bias_correction"],
+        "smoothed_layers": len(resolved.smoothing),
         "sqnr_vs_float_db": sqnr_db(y_float, y_tvm),
         "sqnr_vs_simulation_db": sqnr_db(y_sim, y_tvm),
         "simulation_sqnr_vs_float_db": sqnr_db(y_float, y_sim),

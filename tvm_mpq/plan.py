@@ -15,13 +15,19 @@ A plan is the single interface between search and lowering, and a human-editable
       _conv_stem:
         bits: 8
         values: [0.0012, -0.0003, ...]
+    smoothing:               # per W8A8 layer that uses it: one factor per input channel (`tvm_mpq.smoothing`)
+      _blocks.1._expand_conv: [0.71, 1.93, ...]
 
-Ranges and bias corrections left out are calibrated by `tvm-mpq compile`; `calibration: {bias_correction:
-false}` turns the corrections off.
+A layer's range, bias correction and smoothing factors belong together: those left out are calibrated by
+`tvm-mpq compile`, and a layer whose plan has ranges keeps the plan's smoothing (none if it lists none).
+Factors apply to W8A8 only; a layer edited from W8A8 to another candidate has its smoothed range and
+correction recalibrated. `calibration: {bias_correction: false}` turns the corrections off,
+`calibration: {smoothing: false}` the smoothing of layers the plan gives no ranges.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -29,10 +35,12 @@ from typing import Mapping, Optional
 import numpy as np
 import yaml
 
+from . import smoothing
 from .graph import LayerGraph
 from .numerics import ActEncoding, Candidate, encoding_from_range, get_candidate, CANDIDATES
 
 PLAN_VERSION = 1
+SMOOTHED_CANDIDATE = smoothing.CANDIDATE
 HOMOGENEOUS = ("fp32", "fp16", "w8a8", "w4a8", "w8a16", "w4a16")
 
 
@@ -51,6 +59,8 @@ class Plan:
     source_lines: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)  # layer → file:line
     # layer → (weight bits, per-output-channel shift subtracted before the bias: `numerics.bias_correction`)
     bias_corrections: Mapping[str, tuple[int, tuple[float, ...]]] = field(default_factory=dict, repr=False)
+    # layer → smoothing factors (one per input channel) its W8A8 divides the activation by
+    smoothing: Mapping[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
 
     def candidate(self, layer: str) -> Candidate:
         return get_candidate(self.layers.get(layer, "FP32"))
@@ -63,7 +73,11 @@ class Plan:
         for name, cname in self.layers.items():
             c = get_candidate(cname)
             if c.is_quantized:
-                out[name] = tuple(encoding_from_range(lo, hi, c.act_bits) for lo, hi in self.ranges[name])
+                encs = tuple(encoding_from_range(lo, hi, c.act_bits) for lo, hi in self.ranges[name])
+                factors = self.smoothing.get(name) if c.name == SMOOTHED_CANDIDATE else None
+                if factors is not None:
+                    encs = (dataclasses.replace(encs[0], channel_scale=tuple(factors)),) + encs[1:]
+                out[name] = encs
         return out
 
     def corrections(self) -> dict[str, np.ndarray]:
@@ -88,8 +102,10 @@ class Plan:
         }
         if self.bias_corrections:
             # shortest float32 text: the values read back to the same float32
-            out["bias_correction"] = {k: {"bits": int(b), "values": [float(str(np.float32(v))) for v in vs]}
+            out["bias_correction"] = {k: {"bits": int(b), "values": _float32_list(vs)}
                                       for k, (b, vs) in self.bias_corrections.items()}
+        if self.smoothing:
+            out["smoothing"] = {k: _float32_list(vs) for k, vs in self.smoothing.items()}
         return out
 
     def save(self, path) -> Path:
@@ -102,6 +118,11 @@ class Plan:
                      "subtracted before the bias\n")
             text += yaml.safe_dump({"bias_correction": corrections}, sort_keys=False, width=120,
                                    default_flow_style=None)
+        factors = data.pop("smoothing", None)
+        if factors:
+            text += ("# per W8A8 layer: the factor each input channel of the activation is divided by (and of the "
+                     "weight multiplied by)\n")
+            text += yaml.safe_dump({"smoothing": factors}, sort_keys=False, width=120, default_flow_style=None)
         path.write_text(text)
         return path
 
@@ -127,7 +148,8 @@ class Plan:
         version = data.get("tvm_mpq_plan")
         if version != PLAN_VERSION:
             raise PlanError(f"{where('tvm_mpq_plan')}: tvm_mpq_plan must be {PLAN_VERSION}, got {version!r}")
-        allowed = {"tvm_mpq_plan", "model", "profile", "calibration", "default", "layers", "ranges", "bias_correction"}
+        allowed = {"tvm_mpq_plan", "model", "profile", "calibration", "default", "layers", "ranges", "bias_correction",
+                   "smoothing"}
         for key in data:
             if key not in allowed:
                 raise PlanError(f"{where(key)}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
@@ -162,6 +184,14 @@ class Plan:
                 raise PlanError(f"{where('bias_correction', name)}: bias_correction of {name!r} must be "
                                 "{bits: 4 or 8, values: [finite numbers, one per output channel]}")
             corrections[name] = (int(entry["bits"]), tuple(float(v) for v in values))
+        factors = {}
+        for name, values in (data.get("smoothing") or {}).items():
+            ok = (isinstance(values, list) and values
+                  and all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0 for v in values))
+            if not ok:
+                raise PlanError(f"{where('smoothing', name)}: smoothing of {name!r} must be a list of positive "
+                                "finite numbers, one per input channel")
+            factors[name] = tuple(float(v) for v in values)
         return Plan(
             {k: v.upper() for k, v in layers.items()},
             ranges,
@@ -171,6 +201,7 @@ class Plan:
             default.upper() if default else None,
             {k[1]: where(*k) for k in lines if len(k) == 2 and k[0] == "layers"},
             corrections,
+            factors,
         )
 
 
@@ -225,17 +256,32 @@ def resolve(plan: Plan, graph: LayerGraph, profile) -> Plan:
             f"{', '.join(missing[:10])}. Calibrate (tvm-mpq compile does) or add ranges: entries."
         )
     ranges = {k: v for k, v in plan.ranges.items() if k in graph.layers}
+    factors = {}
+    for name, values in plan.smoothing.items():
+        layer = graph.layers.get(name)
+        if layer is None or full.get(name) != SMOOTHED_CANDIDATE:
+            continue  # smoothing applies to W8A8 only (make_plan recalibrates an edited layer)
+        if not smoothing.eligible(layer):
+            raise PlanError(f"smoothing of {name!r}: only linear layers and 1x1 convs without groups take "
+                            "smoothing factors")
+        if len(values) != layer.workload.weight_shape[1]:
+            raise PlanError(f"smoothing of {name!r} has {len(values)} factors; the layer has "
+                            f"{layer.workload.weight_shape[1]} input channels")
+        factors[name] = tuple(values)
     corrections = {}
     for name, (bits, values) in plan.bias_corrections.items():
         c = get_candidate(full.get(name, "FP32"))
         layer = graph.layers.get(name)
         if layer is None or not c.is_quantized or layer.weight is None or c.weight_bits != bits:
             continue  # a correction for other weight bits (the candidate was edited) is recomputed by make_plan
+        if name in plan.smoothing and name not in factors:
+            continue  # the correction of smoothed weights, for a layer no longer smoothed
         if len(values) != layer.workload.weight_shape[0]:
             raise PlanError(f"bias_correction of {name!r} has {len(values)} values; the layer has "
                             f"{layer.workload.weight_shape[0]} output channels")
         corrections[name] = (bits, tuple(values))
-    return Plan(full, ranges, plan.model, plan.profile, plan.calibration, bias_corrections=corrections)
+    return Plan(full, ranges, plan.model, plan.profile, plan.calibration, bias_corrections=corrections,
+                smoothing=factors)
 
 
 def homogeneous_plan(graph: LayerGraph, profile, candidate: str, ranges: Mapping, **meta) -> Plan:
@@ -266,21 +312,48 @@ def homogeneous_plan(graph: LayerGraph, profile, candidate: str, ranges: Mapping
     return Plan(layers, {k: tuple(v) for k, v in ranges.items()}, **meta)
 
 
-def corrections_from_stats(stats: Mapping, plan_layers: Mapping[str, str]) -> dict:
-    """layer → (weight bits, bias correction) for the quantized layers, from what calibration measured."""
+def _input_stats(inputs, name: str, cand: str, smoothed) -> tuple:
+    """The stats of what `cand` quantizes at each input: the first smoothed where the layer is (`smoothed`:
+    the set of smoothed layers, None: wherever calibration chose factors)."""
+    if not inputs or (smoothed is not None and name not in smoothed):
+        return tuple(inputs)
+    return (inputs[0].for_candidate(cand),) + tuple(inputs[1:])
+
+
+def smoothing_from_stats(stats: Mapping, plan_layers: Mapping[str, str]) -> dict:
+    """layer → smoothing factors for the W8A8 layers calibration chose factors for."""
     out = {}
     for name, inputs in stats.items():
-        c = get_candidate(plan_layers.get(name, "FP32"))
-        if c.is_quantized and inputs and c.weight_bits in inputs[0].bias_correction:
-            out[name] = (c.weight_bits, tuple(float(v) for v in inputs[0].bias_correction[c.weight_bits]))
+        if plan_layers.get(name) == SMOOTHED_CANDIDATE and inputs and inputs[0].smoothed is not None:
+            out[name] = tuple(inputs[0].smoothed.factors)
     return out
 
 
-def ranges_from_stats(stats: Mapping, plan_layers: Mapping[str, str], method: str = "minmax") -> dict:
-    """Per-layer (lo, hi) per activation input for the bits each layer's candidate uses."""
+def corrections_from_stats(stats: Mapping, plan_layers: Mapping[str, str], smoothed=None) -> dict:
+    """layer → (weight bits, bias correction) for the quantized layers, from what calibration measured
+    (of the smoothed weights where the layer is smoothed: `smoothed` as in `ranges_from_stats`)."""
+    out = {}
+    for name, inputs in stats.items():
+        c = get_candidate(plan_layers.get(name, "FP32"))
+        first = _input_stats(inputs, name, c.name, smoothed)[:1]
+        if c.is_quantized and first and c.weight_bits in first[0].bias_correction:
+            out[name] = (c.weight_bits, tuple(float(v) for v in first[0].bias_correction[c.weight_bits]))
+    return out
+
+
+def ranges_from_stats(stats: Mapping, plan_layers: Mapping[str, str], method: str = "minmax",
+                      smoothed=None) -> dict:
+    """Per-layer (lo, hi) per activation input for the bits each layer's candidate uses; of the smoothed
+    input where the layer is smoothed (`smoothed`: the set of smoothed layers; None: each W8A8 layer
+    calibration chose factors for)."""
     out = {}
     for name, inputs in stats.items():
         c = get_candidate(plan_layers.get(name, "FP32"))
         bits = c.act_bits or 8
-        out[name] = tuple(s.range(method, bits) for s in inputs)
+        out[name] = tuple(s.range(method, bits) for s in _input_stats(inputs, name, c.name, smoothed))
     return out
+
+
+def _float32_list(values) -> list:
+    """Shortest float32 text of each value: it reads back to the same float32."""
+    return [float(str(np.float32(v))) for v in values]

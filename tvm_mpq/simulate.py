@@ -8,6 +8,7 @@ clamped per tensor, weights are the same per-channel quantized tensors the lower
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import numerics
+from . import numerics, smoothing
 from .frontend import ImportedModel
 from .graph import Layer
 from .numerics import ActEncoding, Candidate
@@ -43,6 +44,32 @@ class _Observer:
             if flat.numel() > self.sample_per_batch:
                 flat = flat[torch.randint(flat.numel(), (self.sample_per_batch,), generator=self.gen)]
             self.samples.append(flat.numpy().copy())
+
+
+class _ChannelObserver:
+    """Per-channel min/max of a layer's first input and a bounded random sample of its rows ([N, C]: the
+    tokens of a linear layer, the pixels of a 1x1 conv), for choosing smoothing factors."""
+
+    def __init__(self, layer: Layer, rows_per_batch: int, seed: int):
+        self.axis = 1 if layer.op_type == "conv2d" else -1
+        self.lo: Optional[torch.Tensor] = None
+        self.hi: Optional[torch.Tensor] = None
+        self.rows: list[np.ndarray] = []
+        self.kept = 0
+        self.rows_per_batch = rows_per_batch
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor):
+        x = x.detach().float()
+        rows = (x.movedim(1, -1) if self.axis == 1 else x).reshape(-1, x.shape[self.axis])
+        lo, hi = rows.amin(0), rows.amax(0)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        take = min(self.rows_per_batch, smoothing.MAX_ROWS - self.kept, rows.shape[0])
+        if take > 0:
+            pick = torch.randperm(rows.shape[0], generator=self.gen)[:take]
+            self.rows.append(rows[pick].numpy().copy())
+            self.kept += take
 
 
 class _PatchMean:
@@ -72,13 +99,24 @@ class _PatchMean:
         self.total = total if self.total is None else self.total + total
         self.count += count
 
-    def corrections(self, weight: np.ndarray) -> dict[int, np.ndarray]:
+    def mean(self) -> Optional[np.ndarray]:
+        return None if self.total is None else (self.total / self.count).numpy()
+
+    def corrections(self, weight: np.ndarray, bits=(8, 4)) -> dict[int, np.ndarray]:
         """{weight bits: float32 [O]} for 8- and 4-bit weights."""
-        if self.total is None:
+        m = self.mean()
+        if m is None:
             return {}
-        m = (self.total / self.count).numpy()
-        return {bits: numerics.bias_correction(weight, bits, m, self.layer.workload.groups if self.layer.op_type == "conv2d"
-                                               else 1) for bits in (8, 4)}
+        return {b: numerics.bias_correction(weight, b, m, self.layer.workload.groups if self.layer.op_type == "conv2d"
+                                            else 1) for b in bits}
+
+    def smoothed_correction(self, weight: np.ndarray, s: np.ndarray) -> Optional[np.ndarray]:
+        """The 8-bit correction of the smoothed layer: weights W · s see the mean patch divided by s."""
+        m = self.mean()
+        if m is None:
+            return None
+        m = m / np.asarray(s, np.float64).reshape((-1,) + (1,) * (m.ndim - 1))
+        return numerics.bias_correction(smoothing.scale_weight(weight, s), 8, m)
 
 
 class SimLayer(torch.nn.Module):
@@ -100,15 +138,19 @@ class SimLayer(torch.nn.Module):
         self.observers: Optional[list[_Observer]] = None
         self.patch_mean: Optional[_PatchMean] = None  # set while calibrating a weighted layer
         self.correction: Optional[torch.Tensor] = None  # bias correction of the current configuration
-        self._qweights: dict[int, tuple[torch.Tensor, np.ndarray, float]] = {}
+        self.channel_observer: Optional[_ChannelObserver] = None  # set while calibrating an eligible layer
+        self._qweights: dict[tuple, tuple[torch.Tensor, np.ndarray, float]] = {}
 
-    def integer_weight(self, bits: int) -> tuple[torch.Tensor, np.ndarray, float]:
-        """(integer-valued float32 weight, per-channel scale, max over channels of Σ|w_q|)."""
-        if bits not in self._qweights:
-            q, scale = numerics.quantize_weight(self.weight.numpy(), bits)
+    def integer_weight(self, bits: int, factors: Optional[tuple] = None) -> tuple[torch.Tensor, np.ndarray, float]:
+        """(integer-valued float32 weight, per-channel scale, max over channels of Σ|w_q|), of the weight
+        scaled by smoothing `factors` when given."""
+        key = (bits, factors)
+        if key not in self._qweights:
+            w = self.weight.numpy() if factors is None else smoothing.scale_weight(self.weight.numpy(), factors)
+            q, scale = numerics.quantize_weight(w, bits)
             l1 = float(np.abs(q.reshape(q.shape[0], -1).astype(np.int64)).sum(axis=1).max())
-            self._qweights[bits] = (torch.from_numpy(q.astype(np.float32)), scale, l1)
-        return self._qweights[bits]
+            self._qweights[key] = (torch.from_numpy(q.astype(np.float32)), scale, l1)
+        return self._qweights[key]
 
     def _compute(self, inputs: Sequence[torch.Tensor], weight, bias):
         wl = self.layer.workload
@@ -125,6 +167,8 @@ class SimLayer(torch.nn.Module):
                 obs(x)
             if self.patch_mean is not None:
                 self.patch_mean(inputs[0])
+            if self.channel_observer is not None:
+                self.channel_observer(inputs[0])
         c = self.candidate
         if c is None or (not c.is_quantized and c.float_dtype == "float32"):
             return self._compute(inputs, self.weight, self.bias)
@@ -138,7 +182,12 @@ class SimLayer(torch.nn.Module):
     def _integer_forward(self, inputs, c: Candidate):
         ints = []
         for x, enc in zip(inputs, self.encodings):
-            q = torch.clamp(torch.round(x * enc.inv_scale) + enc.zero_point, enc.qmin, enc.qmax)
+            if enc.channel_scale is None:
+                q = torch.round(x * enc.inv_scale)
+            else:  # smoothing: one float32 multiply by inv_scale / s along the channel axis
+                shape = (1, -1, 1, 1) if self.layer.op_type == "conv2d" else (-1,)
+                q = torch.round(x * torch.from_numpy(enc.multiplier()).reshape(shape))
+            q = torch.clamp(q + enc.zero_point, enc.qmin, enc.qmax)
             ints.append(q - enc.zero_point)
         span = [float(enc.qmax - enc.qmin) for enc in self.encodings]
         if self.layer.op_type == "matmul":
@@ -146,7 +195,7 @@ class SimLayer(torch.nn.Module):
             weight = None
             divisor = torch.tensor(numerics.requant_divisor(self.encodings[0].scale, self.encodings[1].scale))
         else:
-            weight, w_scale, l1 = self.integer_weight(c.weight_bits)
+            weight, w_scale, l1 = self.integer_weight(c.weight_bits, self.encodings[0].channel_scale)
             bound = span[0] * l1
             divisor = torch.from_numpy(numerics.requant_divisor(self.encodings[0].scale, w_scale))
             divisor = divisor.reshape(1, -1, 1, 1) if self.layer.op_type == "conv2d" else divisor
@@ -172,6 +221,14 @@ class InputStats:
     # {weight bits: float32 [O]}: the layer's bias correction (`numerics.bias_correction`), on its first
     # input's stats; empty for activation x activation matmuls
     bias_correction: Mapping[int, np.ndarray] = field(default_factory=dict)
+    # the stats of this input divided by the layer's smoothing factors (`tvm_mpq.smoothing`), what its
+    # W8A8 candidate quantizes; None when the layer is not eligible or no smoothing is best
+    smoothed: Optional["InputStats"] = None
+    factors: Optional[tuple[float, ...]] = None  # set on smoothed stats: the factors s they are divided by
+
+    def for_candidate(self, candidate: str) -> "InputStats":
+        """The stats of the tensor `candidate` quantizes: the smoothed input for W8A8 where smoothing applies."""
+        return self.smoothed if self.smoothed is not None and candidate == smoothing.CANDIDATE else self
 
     def range(self, method: str, bits: int) -> tuple[float, float]:
         if method == "minmax":
@@ -219,7 +276,9 @@ class Simulator:
         self.gm = gm
         self._index_nodes()
         self.bias_correction = True  # apply the bias corrections `calibrate` measures (see `configure`)
+        self.smoothing = True  # let `calibrate` choose smoothing factors for W8A8 (`tvm_mpq.smoothing`)
         self._corrections: dict[str, dict[int, np.ndarray]] = {}
+        self._smoothed_corrections: dict[str, np.ndarray] = {}  # layer → 8-bit correction of its smoothed weights
 
     def _index_nodes(self) -> None:
         """Execution order, each layer's position in it and each value's last use (for `PrefixCache`)."""
@@ -231,6 +290,8 @@ class Simulator:
         self._modules = {n: modules[n.target] for n in self._nodes if n.op == "call_module"}
         by_module = {id(m): index[n] for n, m in self._modules.items()}
         self.positions = {name: by_module[id(sim)] for name, sim in self.layers.items()}
+        # the node each layer's first input comes from (layers reading one tensor share smoothing factors)
+        self._input_of = {name: self._nodes[self.positions[name]].args[0] for name in self.layers}
         # Resuming from stored activations is exact only when no operation writes into its inputs.
         self.resumable = not any(
             n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)
@@ -255,6 +316,8 @@ class Simulator:
             if c is not None and c.is_quantized and sim.weight is not None:
                 if corrections is not None:
                     corr = corrections.get(name)
+                elif self.bias_correction and sim.encodings[0].channel_scale is not None:
+                    corr = self._smoothed_corrections.get(name)
                 elif self.bias_correction:
                     corr = self._corrections.get(name, {}).get(c.weight_bits)
             sim.correction = None if corr is None else torch.from_numpy(np.asarray(corr, np.float32))
@@ -323,7 +386,8 @@ class Simulator:
 
     @torch.no_grad()
     def calibrate(self, samples: Sequence[tuple], sample_per_batch: int = 4096, seed: int = 0) -> dict:
-        """Observe every layer's activation inputs on the float model: {layer: (InputStats, ...)}."""
+        """Observe every layer's activation inputs on the float model: {layer: (InputStats, ...)}. With
+        `smoothing` on, eligible layers also get their smoothing factors (`InputStats.smoothed`)."""
         if len(samples) == 0:
             raise ValueError("calibration set is empty: give at least one input sample")
         saved = {n: (s.candidate, s.encodings, s.correction) for n, s in self.layers.items()}
@@ -331,6 +395,9 @@ class Simulator:
         for i, sim in enumerate(self.layers.values()):
             sim.observers = [_Observer(sample_per_batch, seed + 7919 * i + j) for j in range(sim.layer.num_act_inputs)]
             sim.patch_mean = _PatchMean(sim.layer) if sim.weight is not None else None
+            sim.channel_observer = (_ChannelObserver(sim.layer, 256, seed + 7919 * i + 101)
+                                    if self.smoothing and smoothing.eligible(sim.layer) else None)
+        observed = {}  # eligible layer → (its channel observer, its patch mean)
         try:
             self.run(samples)
         finally:
@@ -338,6 +405,7 @@ class Simulator:
             for name, sim in self.layers.items():
                 obs, sim.observers = sim.observers, None
                 patch, sim.patch_mean = sim.patch_mean, None
+                chan, sim.channel_observer = sim.channel_observer, None
                 corr = patch.corrections(sim.weight.numpy()) if patch is not None else {}
                 self._corrections[name] = corr
                 stats[name] = tuple(
@@ -345,11 +413,39 @@ class Simulator:
                                corr if j == 0 else {})
                     for j, o in enumerate(obs)
                 )
+                self._smoothed_corrections.pop(name, None)
+                if chan is not None and chan.rows and not any(o.nonfinite for o in obs):
+                    observed[name] = (chan, patch)
                 if any(o.nonfinite for o in obs):
                     raise ValueError(f"calibration: NaN or Inf reaches the input of layer {name}")
             for n, (c, e, corr) in saved.items():
                 self.layers[n].candidate, self.layers[n].encodings, self.layers[n].correction = c, e, corr
+        self._smooth(stats, observed)
         return stats
+
+    def _smooth(self, stats: dict, observed: dict) -> None:
+        """Choose smoothing factors for the eligible layers (`observed`) and add their smoothed stats.
+        Layers that read the same tensor (the query, key and value of attention) share one set of factors,
+        chosen on their weights together, so they keep sharing one quantize."""
+        by_input: dict = {}
+        for name in observed:
+            by_input.setdefault(self._input_of[name], []).append(name)
+        for names in by_input.values():
+            chan = observed[names[0]][0]
+            lo, hi = chan.lo.numpy(), chan.hi.numpy()
+            rows = np.concatenate(chan.rows)
+            weights = [self.layers[n].weight.numpy() for n in names]
+            s = smoothing.choose(rows, np.concatenate(weights), lo, hi)
+            if s is None:
+                continue
+            for name, weight in zip(names, weights):
+                patch = observed[name][1]
+                corr = patch.smoothed_correction(weight, s) if patch is not None else None
+                if corr is not None:
+                    self._smoothed_corrections[name] = corr
+                smoothed = InputStats(float(np.min(lo / s)), float(np.max(hi / s)), (rows / s).reshape(-1),
+                                      {8: corr} if corr is not None else {}, factors=tuple(float(v) for v in s))
+                stats[name] = (dataclasses.replace(stats[name][0], smoothed=smoothed),) + stats[name][1:]
 
 
 class PrefixCache:

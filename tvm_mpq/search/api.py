@@ -30,7 +30,7 @@ from ..numerics import get_candidate, sqnr_db
 from ..plan import Plan, resolve
 from .tables import CostTable, SensitivityTable
 
-SEARCH_VERSION = 1
+SEARCH_VERSION = 2  # 2: smoothing factors for W8A8
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class SearchConfig:
     eval_samples: int = 64  # held out from calibration, scored in phase 3
     range_method: str = "minmax"
     bias_correction: bool = True  # take each quantized layer's mean weight-rounding shift off its output
+    smoothing: bool = True  # per-layer smoothing factors for W8A8 (`tvm_mpq.smoothing`)
     baseline: str = "FP32"
     order: str = "quality_per_cost"  # or "sensitivity" (the paper's order)
     cost: str = "latency"  # or "bops" (the reference implementation's cost)
@@ -61,7 +62,7 @@ class SearchConfig:
         """The settings phase 1 depends on (its cache key): a new target or selection reuses its scores."""
         return {"version": SEARCH_VERSION, "calib_samples": self.calib_samples,
                 "sensitivity_samples": self.sensitivity_samples, "range_method": self.range_method,
-                "bias_correction": self.bias_correction, "baseline": self.baseline}
+                "bias_correction": self.bias_correction, "smoothing": self.smoothing, "baseline": self.baseline}
 
 
 @dataclass
@@ -182,7 +183,12 @@ def _encodings(stats_for_layer, cand, method):
 
     if not cand.is_quantized:
         return ()
-    return tuple(encoding_from_range(*s.range(method, cand.act_bits), cand.act_bits) for s in stats_for_layer)
+    out = []
+    for s in stats_for_layer:
+        s = s.for_candidate(cand.name)  # the smoothed input where the layer's W8A8 is smoothed
+        enc = encoding_from_range(*s.range(method, cand.act_bits), cand.act_bits)
+        out.append(replace(enc, channel_scale=s.factors) if s.factors is not None else enc)
+    return tuple(out)
 
 
 def _write_json(path: Path, data) -> None:
@@ -220,15 +226,16 @@ def make_evaluator(sim, graph, stats, samples, y_float, range_method: str, *, sc
 
 
 def config_to_plan(config, graph, stats, range_method: str, profile, model_name: str,
-                   bias_correction: bool = True) -> Plan:
-    from ..plan import corrections_from_stats, ranges_from_stats
+                   bias_correction: bool = True, smoothing: bool = True) -> Plan:
+    from ..plan import corrections_from_stats, ranges_from_stats, smoothing_from_stats
 
     layers = {n: config[g.name] for g in graph.groups for n in g.layers}
     ranges = ranges_from_stats(stats, layers, range_method)
     corrections = corrections_from_stats(stats, layers) if bias_correction else {}
-    calibration = {"method": range_method, "bias_correction": bias_correction}
-    return resolve(Plan(layers, ranges, model_name, profile.name, calibration, bias_corrections=corrections),
-                   graph, profile)
+    factors = smoothing_from_stats(stats, layers)
+    calibration = {"method": range_method, "bias_correction": bias_correction, "smoothing": smoothing}
+    return resolve(Plan(layers, ranges, model_name, profile.name, calibration, bias_corrections=corrections,
+                        smoothing=factors), graph, profile)
 
 
 # ---------------------------------------------------------------------- the job
@@ -289,6 +296,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
 
     sim = Simulator(imported, channels_last=fast)
     sim.bias_correction = config.bias_correction
+    sim.smoothing = config.smoothing
     prefix_cache_bytes = prefix_cache_bytes if fast else 0
     stats = sim.calibrate(calib)
     y_scored, y_held = sim.run(scored), sim.run(held_out)
@@ -353,7 +361,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
         notes.append(selection.message)
     chosen = selection.point if selection is not None else front[0]
     plan = config_to_plan(chosen.config, graph, stats, config.range_method, profile, spec.name,
-                          config.bias_correction)
+                          config.bias_correction, config.smoothing)
 
     # Reference points on the same tables: homogeneous precisions, and what BOPs as the cost would choose.
     key = "sqnr_db" if task is None else "score"
@@ -384,7 +392,7 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
             selection = replace(selection, point=measured.chosen.point,
                                 message=f"{selection.message}; {measured.message}")
             plan = config_to_plan(measured.chosen.point.config, graph, stats, config.range_method, profile,
-                                  spec.name, config.bias_correction)
+                                  spec.name, config.bias_correction, config.smoothing)
     analysis = _analysis(sens, cost, front, curve, config.order) if task is None else _analysis(
         sens, cost, front, [], config.order)  # predicted SQNR and a task score are not comparable
     timings["total_s"] = time.perf_counter() - t0
@@ -429,7 +437,8 @@ def _measured_choice(config, imported, profile, stats, front, curve, selection, 
     else:
         candidates = candidates_for_budget(chosen, pool, config.measure_points)
     plans = {c.label: config_to_plan(c.point.config, imported.graph, stats, config.range_method, profile,
-                                     imported.name, config.bias_correction) for c in candidates}
+                                     imported.name, config.bias_correction, config.smoothing)
+             for c in candidates}
     log(f"phase 3: compiling and timing {len(plans)} points side by side: {', '.join(plans)}")
     stats, failed, _ = compile_and_time(imported, plans, device_target, rounds=config.measure_rounds, log=log)
     for label, err in failed.items():

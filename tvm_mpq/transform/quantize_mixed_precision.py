@@ -33,7 +33,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import numerics
+from .. import numerics, smoothing
 from ..graph import Layer, LayerGraph
 from ..kernels import LIBRARY_LANES
 from ..kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense
@@ -137,9 +137,16 @@ class _Rewriter(PyExprMutator):
 # the code the compiled model runs.
 
 
-def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding):
-    """x (float32) → clip(round(x × (1 / scale)) + zero_point) in the encoding's integer dtype."""
-    y = relax.op.multiply(x, relax.const(np.float32(enc.inv_scale), "float32"))
+def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding, channel_shape=None):
+    """x (float32) → clip(round(x × (1 / scale)) + zero_point) in the encoding's integer dtype; with
+    smoothing factors s, x × float32((1 / scale) / s) along the channel axis (`channel_shape`: how the per-channel
+    vector broadcasts against x, e.g. (1, -1, 1, 1) for NCHW), one float32 multiply as the simulator does."""
+    if enc.channel_scale is None:
+        y = relax.op.multiply(x, relax.const(np.float32(enc.inv_scale), "float32"))
+    else:
+        if channel_shape is None:
+            raise ValueError("a smoothed activation encoding needs the channel axis of its tensor")
+        y = relax.op.multiply(x, relax.const(enc.multiplier().reshape(channel_shape)))
     y = relax.op.add(relax.op.round(y), relax.const(np.float32(enc.zero_point), "float32"))
     y = relax.op.clip(y, float(enc.qmin), float(enc.qmax))
     return bb.emit(relax.op.astype(y, enc.dtype))
@@ -208,11 +215,13 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
     a16 = vnni and encs[0].dtype == "int16" and avx2.supports_a16(wl)
 
-    def quantized(x, enc):
-        return x if inputs_quantized else emit_quantize(bb, x, enc)
+    def quantized(x, enc, channel_shape=None):
+        return x if inputs_quantized else emit_quantize(bb, x, enc, channel_shape)
 
+    if encs[0].channel_scale is not None:  # smoothing: the weight's input channels take the factors
+        weight = smoothing.scale_weight(weight, encs[0].channel_scale)
     if layer.op_type == "conv2d":
-        xq = quantized(args[0], encs[0])
+        xq = quantized(args[0], encs[0], (1, -1, 1, 1))
         if fast or a16:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
             acc = (avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
@@ -233,7 +242,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         k, n = wl.weight_shape[1], wl.weight_shape[0]
         if len(wl.input_shape) != 2:  # reshape before quantizing: the quantize may fuse into the producer
             x = bb.emit(relax.op.reshape(x, (-1, k)))
-        xq = quantized(x, encs[0])
+        xq = quantized(x, encs[0], (1, -1))
         if fast or a16:
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
             acc = (avx2.dense(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
