@@ -369,3 +369,20 @@ def test_a16_layers_smoke(tmp_path):
         assert set(row["latency"]) == {"FP32", "W8A8", "W8A16", "W8A16 generic"}
         assert all(v["median_ms"] > 0 and v["repeats"] == 5 for v in row["latency"].values())
     assert x86_avx2_lowering.A16_PLANES is True
+
+
+def test_smoothing_ab_on_tiny_transformer():
+    """benchmarks/smoothing.py scores W8A8 with and without smoothing on the same data and times both builds
+    side by side."""
+    from benchmarks import smoothing
+
+    result = smoothing.run_model("tiny_transformer", "x86_avx2", 16, 8, rounds=2)
+    w8a8 = result["w8a8"]
+    assert w8a8["smoothed_layers"] > 0
+    assert w8a8["gain_db"] == pytest.approx(w8a8["smoothed_db"] - w8a8["plain_db"])
+    assert w8a8["plain_db"] != w8a8["smoothed_db"]  # the factors changed the quantized model
+    assert result["groups_w8a8_alone"]
+    lat = result["latency_interleaved"]
+    assert lat["W8A8 plain"]["median_ms"] > 0 and lat["W8A8 smoothed"]["median_ms"] > 0
+    assert lat["ratio_smoothed_to_plain"] == pytest.approx(
+        lat["W8A8 smoothed"]["median_ms"] / lat["W8A8 plain"]["median_ms"])
