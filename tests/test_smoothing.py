@@ -195,3 +195,40 @@ def test_compiled_smoothed_model_matches_the_simulator(outlier, x86_profile):
             assert numerics.sqnr_db(y_sim, y_tvm) == float("inf"), profile.name
             outs[on] = y_tvm
         assert numerics.sqnr_db(outs[False], outs[True]) < 60
+
+
+def test_search_keeps_smoothing_only_where_the_network_output_gains(outlier):
+    """`check_smoothing` scores each smoothed group at W8A8 without its factors too, keeps the better score
+    and drops the factors of the groups that lose; the unsmoothed scores are phase 1's on plain stats."""
+    from tvm_mpq.search.api import check_smoothing, sensitivity_table
+    from tvm_mpq.search.tables import SensitivityTable
+
+    imported, data = outlier
+    graph = imported.graph
+    sim, stats = _calibrated(imported, data, True)
+    samples = data[:8]
+    y = sim.run(samples)
+    candidates = {g.name: ("FP32", "W8A8") for g in graph.groups}
+    sens = sensitivity_table(sim, graph, candidates, stats, samples, y, baseline="FP32", range_method="minmax")
+    smoothed = [g.name for g in graph.groups if any(stats[n][0].smoothed is not None for n in g.layers)]
+    assert len(smoothed) >= 2
+    # Pretend the first smoothed group scored terribly and the second perfectly with its factors.
+    values = dict(sens.sqnr_db)
+    values[(smoothed[0], "W8A8")] = -50.0
+    values[(smoothed[1], "W8A8")] = 500.0
+    rigged = SensitivityTable("FP32", sens.groups, sens.candidates, values)
+    checked_sens, checked_stats, report = check_smoothing(sim, graph, stats, rigged, samples, y,
+                                                          range_method="minmax")
+    assert set(report) == set(smoothed)
+    plain_sim, plain_stats = _calibrated(imported, data, False)
+    plain = sensitivity_table(plain_sim, graph, candidates, plain_stats, samples, y, baseline="FP32",
+                              range_method="minmax")
+    for name in smoothed:
+        assert report[name]["unsmoothed_db"] == pytest.approx(plain.sqnr_db[(name, "W8A8")], abs=1e-9)
+    first, second = (graph.groups[[g.name for g in graph.groups].index(n)] for n in smoothed[:2])
+    assert report[smoothed[0]]["kept"] is False
+    assert checked_sens.sqnr_db[(smoothed[0], "W8A8")] == report[smoothed[0]]["unsmoothed_db"]
+    assert all(checked_stats[n][0].smoothed is None for n in first.layers)
+    assert report[smoothed[1]]["kept"] is True and checked_sens.sqnr_db[(smoothed[1], "W8A8")] == 500.0
+    assert all(checked_stats[n][0].smoothed is stats[n][0].smoothed for n in second.layers)
+    assert stats[first.layers[0]][0].smoothed is not None  # the caller's stats are left as they were

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..numerics import get_candidate, sqnr_db
+from ..plan import SMOOTHED_CANDIDATE as SMOOTHED
 from ..plan import Plan, resolve
 from .tables import CostTable, SensitivityTable
 
@@ -158,6 +159,37 @@ def sensitivity_table(sim, graph, candidates, stats, samples, y_float, *, baseli
     for g in graph.groups:
         values[(g.name, baseline)] = float("inf")
     return SensitivityTable(baseline, tuple(g.name for g in graph.groups), dict(candidates), values)
+
+
+def check_smoothing(sim, graph, stats, sens: SensitivityTable, samples, y_float, *, range_method: str,
+                    cache_path: Optional[Path] = None, prefix_cache_bytes: int = 1 << 30):
+    """Keep a group's smoothing only where it helps the network output. Calibration chooses each layer's
+    factors on its own output error, which is not always what reaches the model's output; so every group
+    with smoothed W8A8 layers is also scored at W8A8 without them (phase 1's way) and keeps the better.
+    Returns (sensitivity table with the better W8A8 score, stats with the dropped factors removed,
+    {group: {"smoothed_db", "unsmoothed_db", "kept"}})."""
+    smoothed = [g for g in graph.groups if SMOOTHED in sens.candidates[g.name]
+                and any(stats[n] and stats[n][0].smoothed is not None for n in g.layers)]
+    if not smoothed:
+        return sens, stats, {}
+    plain = dict(stats)
+    for g in smoothed:
+        for n in g.layers:
+            if stats[n]:
+                plain[n] = (replace(stats[n][0], smoothed=None),) + tuple(stats[n][1:])
+    names = {g.name for g in smoothed}
+    todo = {g.name: ((sens.baseline, SMOOTHED) if g.name in names else (sens.baseline,)) for g in graph.groups}
+    without = sensitivity_table(sim, graph, todo, plain, samples, y_float, baseline=sens.baseline,
+                                range_method=range_method, cache_path=cache_path,
+                                prefix_cache_bytes=prefix_cache_bytes)
+    values, out, checked = dict(sens.sqnr_db), dict(stats), {}
+    for g in smoothed:
+        on, off = sens.sqnr_db[(g.name, SMOOTHED)], without.sqnr_db[(g.name, SMOOTHED)]
+        checked[g.name] = {"smoothed_db": on, "unsmoothed_db": off, "kept": bool(on >= off)}
+        if off > on:
+            values[(g.name, SMOOTHED)] = off
+            out.update({n: plain[n] for n in g.layers})
+    return SensitivityTable(sens.baseline, sens.groups, sens.candidates, values), out, checked
 
 
 def _full_run(sim, layers, encodings, samples) -> np.ndarray:
@@ -313,6 +345,16 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
     sens = sensitivity_table(sim, graph, candidates, stats, scored, y_scored, baseline=config.baseline,
                              range_method=config.range_method, cache_path=cache_path, progress=progress,
                              prefix_cache_bytes=prefix_cache_bytes)
+    smoothing_checked = {}
+    if config.smoothing and config.baseline == "FP32":
+        sens, stats, smoothing_checked = check_smoothing(
+            sim, graph, stats, sens, scored, y_scored, range_method=config.range_method,
+            cache_path=cache_path.with_name(cache_path.stem + "-unsmoothed.json"),
+            prefix_cache_bytes=prefix_cache_bytes)
+        kept = sum(v["kept"] for v in smoothing_checked.values())
+        if smoothing_checked:
+            notes.append(f"smoothing: W8A8 scored with and without for {len(smoothing_checked)} groups; "
+                         f"kept where better ({kept}), dropped elsewhere ({len(smoothing_checked) - kept})")
     timings["phase1_s"] = time.perf_counter() - t
     log(f"phase 1: {len(sens.sqnr_db) - len(graph.groups)} (group, candidate) scores in {timings['phase1_s']:.1f} s")
 
@@ -395,6 +437,8 @@ def search(model, hw, config: SearchConfig = SearchConfig(), *, calibration=None
                                   spec.name, config.bias_correction, config.smoothing)
     analysis = _analysis(sens, cost, front, curve, config.order) if task is None else _analysis(
         sens, cost, front, [], config.order)  # predicted SQNR and a task score are not comparable
+    if smoothing_checked:
+        analysis["smoothing"] = smoothing_checked
     timings["total_s"] = time.perf_counter() - t0
     return SearchResult(plan, curve, selection, sens, cost, {g.name: list(g.layers) for g in graph.groups},
                         timings, notes, latency_table=table, reference_points=references,
