@@ -22,30 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, results_dir, write_result  # noqa: E402
+from benchmarks.common import calibrated_model, machine_info, results_dir, write_result  # noqa: E402
 
 PLANS = ("w8a8", "w8a16", "w4a8")
 
 
 def run_model(name: str, calib_samples: int, held_out: int, per_layer: bool = True) -> dict:
-    from tvm_mpq.frontend import import_model
     from tvm_mpq.hardware import load_profile
-    from tvm_mpq.models import load_model
     from tvm_mpq.numerics import sqnr_db
     from tvm_mpq.pipeline import make_plan
     from tvm_mpq.plan import Plan
-    from tvm_mpq.simulate import Simulator
 
     t0 = time.perf_counter()
-    spec = load_model(name)
     profile = load_profile("x86_avx2")
-    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
-                            unified_input_ops=profile.constraints.unified_input_ops)
-    data = spec.calibration(calib_samples + held_out)
-    calib, held = data[:calib_samples], data[calib_samples:]
-    sim = Simulator(imported)
-    stats = sim.calibrate(calib)
-    y_float = sim.run(held)
+    imported, sim, stats, held, y_float = calibrated_model(name, profile, calib_samples, held_out)
 
     def score(plan, on: bool) -> float:
         resolved = make_plan(plan, imported, profile, stats, "minmax", name, bias_correction=on)
@@ -71,7 +61,7 @@ def run_model(name: str, calib_samples: int, held_out: int, per_layer: bool = Tr
         for gname, r in sorted(groups.items(), key=lambda kv: kv[1]["plain_db"])[:5]:
             print(f"[bias_correction] {name} {gname} W8A8 alone: {r['plain_db']:.2f} -> {r['corrected_db']:.2f} dB",
                   flush=True)
-    return {"calib_samples": len(calib), "held_out_samples": len(held), "homogeneous": homogeneous,
+    return {"calib_samples": calib_samples, "held_out_samples": len(held), "homogeneous": homogeneous,
             "groups_w8a8_alone": groups, "seconds": time.perf_counter() - t0}
 
 

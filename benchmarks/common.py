@@ -68,3 +68,20 @@ def write_result(path: Path, result: dict) -> Path:
     path.write_text(json.dumps(result, indent=2, default=float))
     print(f"wrote {path}")
     return path
+
+
+def calibrated_model(name: str, profile, calib_samples: int, held_out: int):
+    """A built-in model imported for `profile` and calibrated by the simulator on its first `calib_samples`
+    calibration samples: (imported, simulator, stats, held-out samples, float outputs on them)."""
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.models import load_model
+    from tvm_mpq.simulate import Simulator
+
+    spec = load_model(name)
+    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
+                            unified_input_ops=profile.constraints.unified_input_ops)
+    data = spec.calibration(calib_samples + held_out)
+    calib, held = data[:calib_samples], data[calib_samples:]
+    sim = Simulator(imported)
+    stats = sim.calibrate(calib)
+    return imported, sim, stats, held, sim.run(held)

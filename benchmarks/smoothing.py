@@ -23,29 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, results_dir, write_result  # noqa: E402
+from benchmarks.common import calibrated_model, machine_info, results_dir, write_result  # noqa: E402
 
 
 def run_model(name: str, hw: str, calib_samples: int, held_out: int, rounds: int, per_layer: bool = True) -> dict:
-    from tvm_mpq.frontend import import_model
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.measure.interleaved import compile_and_time, local_target
-    from tvm_mpq.models import load_model
     from tvm_mpq.numerics import sqnr_db
     from tvm_mpq.pipeline import make_plan
     from tvm_mpq.plan import Plan
-    from tvm_mpq.simulate import Simulator
 
     t0 = time.perf_counter()
-    spec = load_model(name)
     profile = load_profile(hw)
-    imported = import_model(spec.module, spec.example_inputs, name=spec.name,
-                            unified_input_ops=profile.constraints.unified_input_ops)
-    data = spec.calibration(calib_samples + held_out)
-    calib, held = data[:calib_samples], data[calib_samples:]
-    sim = Simulator(imported)
-    stats = sim.calibrate(calib)
-    y_float = sim.run(held)
+    imported, sim, stats, held, y_float = calibrated_model(name, profile, calib_samples, held_out)
 
     def resolved(plan, on: bool):
         return make_plan(plan, imported, profile, stats, "minmax", name, smoothing=on)
@@ -88,7 +78,7 @@ def run_model(name: str, hw: str, calib_samples: int, held_out: int, rounds: int
         print(f"[smoothing] {name} W8A8 side by side ({rounds} rounds): plain {timed['W8A8 plain'].median_ms:.3f} ms, "
               f"smoothed {timed['W8A8 smoothed'].median_ms:.3f} ms ({latency['ratio_smoothed_to_plain']:.3f}x)",
               flush=True)
-    return {"profile": profile.name, "calib_samples": len(calib), "held_out_samples": len(held),
+    return {"profile": profile.name, "calib_samples": calib_samples, "held_out_samples": len(held),
             "w8a8": homogeneous, "groups_w8a8_alone": groups, "latency_interleaved": latency,
             "seconds": time.perf_counter() - t0}
 
