@@ -13,9 +13,10 @@ from .frontend import import_model
 from .hardware import HardwareProfile, load_profile
 from .models import ModelSpec, load_model
 from .numerics import get_candidate, sqnr_db
-from .plan import (HOMOGENEOUS, SMOOTHED_CANDIDATE, Plan, corrections_from_stats, homogeneous_plan, ranges_from_stats,
+from .plan import (HOMOGENEOUS, Plan, corrections_from_stats, homogeneous_plan, ranges_from_stats,
                    resolve, smoothing_from_stats)
 from .simulate import Simulator
+from .smoothing import CANDIDATE as SMOOTHED_CANDIDATE
 
 
 def _top_k_agreement(ref: np.ndarray, test: np.ndarray, k: int) -> float:

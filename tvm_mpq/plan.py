@@ -40,7 +40,6 @@ from .graph import LayerGraph
 from .numerics import ActEncoding, Candidate, encoding_from_range, get_candidate, CANDIDATES
 
 PLAN_VERSION = 1
-SMOOTHED_CANDIDATE = smoothing.CANDIDATE
 HOMOGENEOUS = ("fp32", "fp16", "w8a8", "w4a8", "w8a16", "w4a16")
 
 
@@ -74,7 +73,7 @@ class Plan:
             c = get_candidate(cname)
             if c.is_quantized:
                 encs = tuple(encoding_from_range(lo, hi, c.act_bits) for lo, hi in self.ranges[name])
-                factors = self.smoothing.get(name) if c.name == SMOOTHED_CANDIDATE else None
+                factors = self.smoothing.get(name) if c.name == smoothing.CANDIDATE else None
                 if factors is not None:
                     encs = (dataclasses.replace(encs[0], channel_scale=tuple(factors)),) + encs[1:]
                 out[name] = encs
@@ -259,7 +258,7 @@ def resolve(plan: Plan, graph: LayerGraph, profile) -> Plan:
     factors = {}
     for name, values in plan.smoothing.items():
         layer = graph.layers.get(name)
-        if layer is None or full.get(name) != SMOOTHED_CANDIDATE:
+        if layer is None or full.get(name) != smoothing.CANDIDATE:
             continue  # smoothing applies to W8A8 only (make_plan recalibrates an edited layer)
         if not smoothing.eligible(layer):
             raise PlanError(f"smoothing of {name!r}: only linear layers and 1x1 convs without groups take "
@@ -324,7 +323,7 @@ def smoothing_from_stats(stats: Mapping, plan_layers: Mapping[str, str]) -> dict
     """layer → smoothing factors for the W8A8 layers calibration chose factors for."""
     out = {}
     for name, inputs in stats.items():
-        if plan_layers.get(name) == SMOOTHED_CANDIDATE and inputs and inputs[0].smoothed is not None:
+        if plan_layers.get(name) == smoothing.CANDIDATE and inputs and inputs[0].smoothed is not None:
             out[name] = tuple(inputs[0].smoothed.factors)
     return out
 

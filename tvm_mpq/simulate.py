@@ -102,13 +102,13 @@ class _PatchMean:
     def mean(self) -> Optional[np.ndarray]:
         return None if self.total is None else (self.total / self.count).numpy()
 
-    def corrections(self, weight: np.ndarray, bits=(8, 4)) -> dict[int, np.ndarray]:
+    def corrections(self, weight: np.ndarray) -> dict[int, np.ndarray]:
         """{weight bits: float32 [O]} for 8- and 4-bit weights."""
         m = self.mean()
         if m is None:
             return {}
-        return {b: numerics.bias_correction(weight, b, m, self.layer.workload.groups if self.layer.op_type == "conv2d"
-                                            else 1) for b in bits}
+        return {bits: numerics.bias_correction(weight, bits, m, self.layer.workload.groups if self.layer.op_type == "conv2d"
+                                               else 1) for bits in (8, 4)}
 
     def smoothed_correction(self, weight: np.ndarray, s: np.ndarray) -> Optional[np.ndarray]:
         """The 8-bit correction of the smoothed layer: weights W · s see the mean patch divided by s."""
@@ -140,6 +140,7 @@ class SimLayer(torch.nn.Module):
         self.correction: Optional[torch.Tensor] = None  # bias correction of the current configuration
         self.channel_observer: Optional[_ChannelObserver] = None  # set while calibrating an eligible layer
         self._qweights: dict[tuple, tuple[torch.Tensor, np.ndarray, float]] = {}
+        self._multipliers: tuple = ((), ())  # (the encodings they are of, their quantize multipliers)
 
     def integer_weight(self, bits: int, factors: Optional[tuple] = None) -> tuple[torch.Tensor, np.ndarray, float]:
         """(integer-valued float32 weight, per-channel scale, max over channels of Σ|w_q|), of the weight
@@ -179,15 +180,20 @@ class SimLayer(torch.nn.Module):
             return self._compute(inputs, weight, self.bias)
         return self._integer_forward(inputs, c)
 
+    def _quantize_multipliers(self) -> tuple:
+        """Per activation input what quantizing multiplies by: the scalar inv_scale, or with smoothing the
+        float32 vector inv_scale / s along the channel axis (made once per configuration, not per batch)."""
+        if self._multipliers[0] is not self.encodings:
+            shape = (1, -1, 1, 1) if self.layer.op_type == "conv2d" else (-1,)
+            self._multipliers = (self.encodings, tuple(
+                enc.inv_scale if enc.channel_scale is None else torch.from_numpy(enc.multiplier()).reshape(shape)
+                for enc in self.encodings))
+        return self._multipliers[1]
+
     def _integer_forward(self, inputs, c: Candidate):
         ints = []
-        for x, enc in zip(inputs, self.encodings):
-            if enc.channel_scale is None:
-                q = torch.round(x * enc.inv_scale)
-            else:  # smoothing: one float32 multiply by inv_scale / s along the channel axis
-                shape = (1, -1, 1, 1) if self.layer.op_type == "conv2d" else (-1,)
-                q = torch.round(x * torch.from_numpy(enc.multiplier()).reshape(shape))
-            q = torch.clamp(q + enc.zero_point, enc.qmin, enc.qmax)
+        for x, enc, mult in zip(inputs, self.encodings, self._quantize_multipliers()):
+            q = torch.clamp(torch.round(x * mult) + enc.zero_point, enc.qmin, enc.qmax)
             ints.append(q - enc.zero_point)
         span = [float(enc.qmax - enc.qmin) for enc in self.encodings]
         if self.layer.op_type == "matmul":
@@ -395,9 +401,20 @@ class Simulator:
         for i, sim in enumerate(self.layers.values()):
             sim.observers = [_Observer(sample_per_batch, seed + 7919 * i + j) for j in range(sim.layer.num_act_inputs)]
             sim.patch_mean = _PatchMean(sim.layer) if sim.weight is not None else None
-            sim.channel_observer = (_ChannelObserver(sim.layer, 256, seed + 7919 * i + 101)
-                                    if self.smoothing and smoothing.eligible(sim.layer) else None)
-        observed = {}  # eligible layer → (its channel observer, its patch mean)
+        # One channel observer per tensor that eligible layers read (the query, key and value of attention
+        # read one), attached to the first of them: they share their smoothing factors.
+        readers: dict = {}  # input node → the eligible layers reading it
+        if self.smoothing:
+            for name, sim in self.layers.items():
+                if smoothing.eligible(sim.layer):
+                    readers.setdefault(self._input_of[name], []).append(name)
+        channels = []  # (the layers reading one tensor, its channel observer)
+        index = {name: i for i, name in enumerate(self.layers)}
+        for names in readers.values():
+            first = self.layers[names[0]]
+            first.channel_observer = _ChannelObserver(first.layer, 256, seed + 7919 * index[names[0]] + 101)
+            channels.append((names, first.channel_observer))
+        patches = {}  # weighted layer → its patch mean
         try:
             self.run(samples)
         finally:
@@ -405,7 +422,8 @@ class Simulator:
             for name, sim in self.layers.items():
                 obs, sim.observers = sim.observers, None
                 patch, sim.patch_mean = sim.patch_mean, None
-                chan, sim.channel_observer = sim.channel_observer, None
+                sim.channel_observer = None
+                patches[name] = patch
                 corr = patch.corrections(sim.weight.numpy()) if patch is not None else {}
                 self._corrections[name] = corr
                 stats[name] = tuple(
@@ -414,24 +432,21 @@ class Simulator:
                     for j, o in enumerate(obs)
                 )
                 self._smoothed_corrections.pop(name, None)
-                if chan is not None and chan.rows and not any(o.nonfinite for o in obs):
-                    observed[name] = (chan, patch)
                 if any(o.nonfinite for o in obs):
                     raise ValueError(f"calibration: NaN or Inf reaches the input of layer {name}")
             for n, (c, e, corr) in saved.items():
                 self.layers[n].candidate, self.layers[n].encodings, self.layers[n].correction = c, e, corr
-        self._smooth(stats, observed)
+        self._smooth(stats, channels, patches)
         return stats
 
-    def _smooth(self, stats: dict, observed: dict) -> None:
-        """Choose smoothing factors for the eligible layers (`observed`) and add their smoothed stats.
-        Layers that read the same tensor (the query, key and value of attention) share one set of factors,
-        chosen on their weights together, so they keep sharing one quantize."""
-        by_input: dict = {}
-        for name in observed:
-            by_input.setdefault(self._input_of[name], []).append(name)
-        for names in by_input.values():
-            chan = observed[names[0]][0]
+    def _smooth(self, stats: dict, channels, patches: dict) -> None:
+        """Choose smoothing factors for each set of eligible layers reading one tensor (`channels`: their
+        names and the tensor's channel observer) and add their smoothed stats. Layers reading the same
+        tensor (the query, key and value of attention) share one set of factors, chosen on their weights
+        together, so they keep sharing one quantize."""
+        for names, chan in channels:
+            if not chan.rows:
+                continue
             lo, hi = chan.lo.numpy(), chan.hi.numpy()
             rows = np.concatenate(chan.rows)
             weights = [self.layers[n].weight.numpy() for n in names]
@@ -439,7 +454,7 @@ class Simulator:
             if s is None:
                 continue
             for name, weight in zip(names, weights):
-                patch = observed[name][1]
+                patch = patches.get(name)
                 corr = patch.smoothed_correction(weight, s) if patch is not None else None
                 if corr is not None:
                     self._smoothed_corrections[name] = corr

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..numerics import get_candidate, sqnr_db
-from ..plan import SMOOTHED_CANDIDATE as SMOOTHED
+from ..smoothing import CANDIDATE as SMOOTHED
 from ..plan import Plan, resolve
 from .tables import CostTable, SensitivityTable
 
