@@ -88,10 +88,39 @@ def test_torch_baselines_cpu_conv_linear_matmul(measure):
         assert "skipped" in out["fp16"] and "skipped" in out["int8"]  # CUDA-only baselines say why
 
 
+def test_output_check_tells_rounding_from_wrong(measure):
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(5000)
+    assert measure.compare(ref.copy(), ref) == {"ok": True, "bit_exact": True, "sqnr_db": "inf",
+                                                "max_abs_diff": 0.0, "points": 5000, "nonfinite_reference": 0}
+    rounded = measure.compare(ref + rng.standard_normal(5000) * 1e-3, ref)  # 60 dB: float rounding
+    assert rounded["ok"] and not rounded["bit_exact"] and 55 < rounded["sqnr_db"] < 65
+    wrong = measure.compare(rng.standard_normal(5000), ref)  # unrelated values: about -3 dB
+    assert not wrong["ok"] and wrong["sqnr_db"] < 0
+    inf_moved = ref.copy()
+    inf_moved[3] = np.inf
+    assert not measure.compare(inf_moved, ref)["ok"]  # a non-finite value where the reference has none
+    assert not measure.compare(ref[:10], ref)["ok"]
+    # the sampled positions depend on the key only, so both hosts compare the same elements
+    outs = [np.arange(10000, dtype=np.float32).reshape(100, 100), np.ones(3)]
+    a, b = measure.output_sample(outs, "task1"), measure.output_sample(outs, "task1")
+    assert a.size == measure.CHECK_POINTS and np.array_equal(a, b)
+    assert not np.array_equal(a, measure.output_sample(outs, "task2"))
+    assert measure.output_sample([np.ones((2, 3))], "t").size == 6  # small outputs: every element
+    e = {"id": "abc", "inputs": [{"shape": [3], "dtype": "float32"}], "weights": [{"shape": [2], "dtype": "int8"}]}
+    first, again = measure.entry_arrays(e, None), measure.entry_arrays(dict(e), None)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))  # seeded by the item, not by run order
+    assert not np.array_equal(first[0], measure.entry_arrays(dict(e, id="abd"), None)[0])
+
+
 def test_measure_records_import_into_store(measure, tmp_path):
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import kernels_id
     from tvm_mpq.store import MeasurementStore
 
-    manifest = {"profile": "cuda_sm90"}
+    kernels = kernels_id(load_profile("cuda_sm90").tvm_target())
+    assert kernels.startswith("cuda/")
+    manifest = {"profile": "cuda_sm90", "kernels": kernels}
     wl = json.dumps({"op": "linear"})
     rec = measure._record(manifest, "cuda:NVIDIA_H100", "layer", wl, "W8A8", [0.02, 0.021, 0.019], 50,
                           {"op": "linear", "torch": {"fp16": {"median_ms": 0.01, "op": "torch matmul"}}})
@@ -107,6 +136,7 @@ def test_measure_records_import_into_store(measure, tmp_path):
         got = store.get("cuda_sm90", "cuda:NVIDIA_H100", "layer", wl, "W8A8")
         assert got.median_ms == pytest.approx(0.02) and got.min_ms == pytest.approx(0.019)
         assert got.source == "imported" and got.number == 50 and got.meta["torch"]["fp16"]["median_ms"] == 0.01
+        assert got.meta["kernels"] == kernels  # so the cuda_sm90 latency tables use it (not ignored as stale)
         assert store.get("cuda_sm90", "cuda:NVIDIA_H100", "model", workload, candidate).repeats == 2
 
 
@@ -144,7 +174,7 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     bundle loading the library asks the measure script's callback for exactly that fatbin."""
     from tvm_mpq.graph import Workload
     from tvm_mpq.hardware import load_profile
-    from tvm_mpq.kernels import cuda_schedule
+    from tvm_mpq.kernels import cuda_schedule, kernel_library
     from tvm_mpq.measure.tasks import LAYER, Task, build_task_module
 
     profile = load_profile("cuda_sm90")
@@ -152,10 +182,10 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     wl = Workload("linear", (64, 128), (96, 128), (64, 96), has_bias=True).key()
     libs = []
     for cand in ("W8A8", "W4A16"):
-        mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96))
+        mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96), kernels=kernel_library(target))
         log, lifted = {}, []
         ex = cuda_schedule.compile_relax(mod, target, log, lifted)
-        assert "IntegerMatmul" in log.values(), log
+        assert ("IntegerMatmulDP4A" if cand == "W8A8" else "IntegerMatmul") in log.values(), log
         assert lifted and lifted[0][1] == ("int8" if cand == "W8A8" else "uint8")  # the weight became a parameter
         keys = cuda_schedule.cross_compile_kernels(ex, target, tmp_path / "kernels")
         sources = cuda_schedule.cuda_sources(ex)
@@ -187,6 +217,46 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["tvm"].startswith(str(bundle))
     assert got["seen"] == [key for _, key in libs]  # each library asked for exactly its cross-compiled kernels
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_w8a8_gemms_run_on_dp4a():
+    """W8A8 dense layers and convs (padded, strided, K not a multiple of 4, M and N not multiples of the tile)
+    are scheduled by IntegerMatmulDP4A; their CUDA source calls __dp4a and nvcc's PTX holds the u8 x s8
+    dp4a instruction. Depthwise convs, 16-bit activations (W4A16) and activation x activation matmuls are
+    not in the dp4a form and keep the other rules."""
+    from tvm.support import nvcc
+
+    from tvm_mpq.graph import Workload
+    from tvm_mpq.hardware import load_profile
+    from tvm_mpq.kernels import cuda_schedule, kernel_library
+    from tvm_mpq.measure.tasks import LAYER, Task, build_task_module
+
+    target = load_profile("cuda_sm90").tvm_target()
+    assert kernel_library(target) == "cuda"
+    cases = {
+        Workload("linear", (50, 30), (20, 30), (50, 20), has_bias=True): "W8A8",
+        Workload("conv2d", (1, 3, 33, 33), (16, 3, 3, 3), (1, 16, 17, 17), (2, 2), (1, 1, 1, 1), (1, 1), 1,
+                 True): "W8A8",
+        Workload("conv2d", (1, 24, 14, 14), (40, 24, 1, 1), (1, 40, 14, 14), (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                 False): "W8A8",
+        Workload("conv2d", (1, 24, 14, 14), (24, 1, 3, 3), (1, 24, 14, 14), (1, 1), (1, 1, 1, 1), (1, 1), 24,
+                 False): "W8A8",
+        Workload("linear", (50, 32), (20, 32), (50, 20), has_bias=True): "W4A16",
+    }
+    for wl, cand in cases.items():
+        mod, _ = build_task_module(Task(LAYER, wl.key(), cand, wl.op, 1), kernels=kernel_library(target))
+        log = {}
+        ex = cuda_schedule.compile_relax(mod, target, log)
+        (source,) = cuda_schedule.cuda_sources(ex)
+        dp4a = cand == "W8A8" and wl.groups == 1
+        assert ("IntegerMatmulDP4A" in log.values()) == dp4a, (wl, log)
+        assert ("__dp4a(" in source.split('extern "C" __global__')[-1]) == dp4a
+        if dp4a:
+            with target:
+                ptx = bytes(nvcc.compile_cuda(source, target_format="ptx", compiler="nvcc")).decode()
+            assert "dp4a.u32.s32" in ptx
 
 
 CUDA_STUB = r"""
@@ -228,6 +298,11 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
     assert manifest["failed"] == [] and len(manifest["tasks"]) == 3 and len(manifest["models"]) == 1
     assert json.loads((folder / "manifest.json").read_text())["tasks"][0]["id"] == manifest["tasks"][0]["id"]
     assert all((folder / t["library"]).exists() for t in manifest["tasks"] + manifest["models"])
+    # every library has a reference output sample, computed by the generic CPU pipeline
+    assert all((folder / e["reference"]["file"]).exists() for e in manifest["tasks"] + manifest["models"])
+    # a reference that disagrees stands for a library that computes the wrong thing
+    wrong = folder / manifest["tasks"][1]["reference"]["file"]
+    np.save(wrong, -np.load(wrong) - 1.0)
     bundle = tmp_path / "runtime"
     _script("bundle_runtime").build_bundle(bundle)
     assert not (bundle / "tvm" / "lib" / "libtvm_compiler.so").exists()
@@ -239,17 +314,36 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
          str(bundle), "--out", str(out), "--device", "cpu", "--repeat", "2", "--number", "1",
          "--min-repeat-ms", "1"], capture_output=True, text=True, timeout=600,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TVM_USE_RUNTIME_LIB": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # 1: an output disagreed with its reference
     results = json.loads((out / "results.json").read_text())
     assert results["runtime"]["runtime_only"] and results["runtime"]["tvm_file"].startswith(str(bundle))
     assert all("error" not in r for r in results["results"] + results["models"]), results
     assert results["models"][0]["tvm_ms"]["median"] > 0
     layer = [r for r in results["results"] if r["kind"] == "layer"][0]
     assert layer["torch_ms"]["fp32"] > 0
+    checks = [r["check"] for r in results["models"] + results["results"]]
+    assert [c["ok"] for c in checks] == [True, True, False, True], checks
+    assert checks[2]["sqnr_db"] < 0 and results["results"][1].get("wrong_output")
+    assert all(float(c["sqnr_db"]) > 60 for c in checks if c["ok"]), checks  # x86 kernels vs generic LLVM
+    (wrong_record,) = [json.loads(line) for line in (out / "wrong_output.jsonl").read_text().splitlines()]
+    assert wrong_record["workload"] == manifest["tasks"][1]["workload"]
     with MeasurementStore(tmp_path / "store.sqlite") as store:
-        assert store.import_json(out / "measurements.jsonl") == 4
+        assert store.import_json(out / "measurements.jsonl") == 3  # the wrong library's timing is not imported
         kinds = sorted(m.kind for m in store.query(profile="x86_avx2"))
-        assert kinds.count("model") == 1 and len(kinds) == 4
+        assert kinds.count("model") == 1 and len(kinds) == 3
+        assert all(m.meta["check"]["ok"] for m in store.query(profile="x86_avx2"))
+        # the imported timings carry the kernels id, so the profile's latency table uses them
+        from tvm_mpq.frontend import import_model
+        from tvm_mpq.hardware import load_profile
+        from tvm_mpq.kernels import kernels_id
+        from tvm_mpq.latency import MEASURED, build_table
+        from tvm_mpq.models import load_model
+
+        profile, spec = load_profile("x86_avx2"), load_model("tiny_cnn")
+        graph = import_model(spec.module, spec.example_inputs, name=spec.name).graph
+        table = build_table(graph, profile, store.query(profile="x86_avx2"), kernels=kernels_id(profile.tvm_target()))
+        assert not any("other kernels" in n for n in table.notes), table.notes
+        assert any(e.source == MEASURED for row in table.layers.values() for e in row.values())
 
 
 def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import te  # noqa: E402
 
 from tvm_mpq import numerics as nm  # noqa: E402
-from tvm_mpq.kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense  # noqa: E402
+from tvm_mpq.kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense, zero_point_offsets  # noqa: E402
 
 TARGET = None
 
@@ -167,6 +167,46 @@ def test_qdense_bit_exact(m, k, n, bits, adt, acc, zp):
     got = _run([data, weight], [x, wnp], out)
     ref = (x.astype(np.int64) - zp) @ q.astype(np.int64).T
     np.testing.assert_array_equal(got.astype(np.int64), ref)
+
+
+# ----------------------------------------------------------------------------- zero point after the reduction
+
+
+@pytest.mark.parametrize("case", ["odd_3x3_s2_asym_pad_dil2", "pointwise_1x1"])
+@pytest.mark.parametrize("pad_mode", ["explicit", "guard"])
+def test_qconv2d_zero_point_after_reduction(case, pad_mode):
+    """The "cuda" library's form, sum(x * w) - zp * sum(w), gives the same integers as sum((x - zp) * w),
+    padded borders included (the padding holds the zero point either way; a requested guard mode becomes
+    explicit, since a guarded load would add 0 instead of zp * w)."""
+    n, c, h, wd, o, kh, kw, strides, padding, dilation, groups, bits, adt, acc, zp = CONV_CASES[case]
+    rng = np.random.default_rng(7)
+    q, wnp = _weights(rng, (o, c, kh, kw), 8)
+    x = _act(rng, (n, c, h, wd), "uint8")
+    data = te.placeholder(x.shape, "uint8", name="data")
+    weight = te.placeholder(wnp.shape, "int8", name="weight")
+    out = qconv2d_nchw(data, weight, data_zero_point=zp, strides=strides, padding=padding, dilation=dilation,
+                       groups=1, weight_bits=8, kernel_shape=(o, c, kh, kw), pad_mode=pad_mode,
+                       zero_point_in_reduction=False)
+    raw = _run([data, weight], [x, wnp], out).astype(np.int64)
+    assert not np.array_equal(raw, ref_conv(x, q, zp, strides, padding, dilation, 1))  # zp is really left out
+    offsets = zero_point_offsets(q, zp).astype(np.int64).reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(raw - offsets, ref_conv(x, q, zp, strides, padding, dilation, 1))
+
+
+def test_qdense_zero_point_after_reduction():
+    rng = np.random.default_rng(11)
+    x = _act(rng, (6, 40), "uint8")
+    q, wnp = _weights(rng, (9, 40), 8)
+    data = te.placeholder(x.shape, "uint8", name="data")
+    weight = te.placeholder(wnp.shape, "int8", name="weight")
+    out = qdense(data, weight, data_zero_point=97, weight_bits=8, in_features=40, zero_point_in_reduction=False)
+    raw = _run([data, weight], [x, wnp], out).astype(np.int64)
+    np.testing.assert_array_equal(raw, x.astype(np.int64) @ q.astype(np.int64).T)
+    ref = (x.astype(np.int64) - 97) @ q.astype(np.int64).T
+    np.testing.assert_array_equal(raw - zero_point_offsets(q, 97), ref)
+    assert zero_point_offsets(q, 97).dtype == np.int32
+    with pytest.raises(ValueError, match="int8 weight"):
+        zero_point_offsets(wnp.astype(np.int16), 1)
 
 
 # ----------------------------------------------------------------------------- batch matmul

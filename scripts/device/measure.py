@@ -13,7 +13,9 @@ Writes to `--out`:
   `meta.torch` holds the PyTorch timings of its workload (never the record's own times).
 - `models.json`: whole-model timings per model and plan (no whole-model PyTorch run: the float models are
   not carried; the PyTorch baselines are per workload).
-- `results.json`: everything, including failures, skipped items and the run's settings.
+- `results.json`: everything, including failures, skipped items, the run's settings and each item's output
+  check: its output against the reference `prepare.py` computed on the CPU from the same seeded inputs and
+  weights (`compare`). A timing whose output disagrees goes to `wrong_output.jsonl` instead of the store file.
 Each file is rewritten after every item, so a run stopped by its time limit keeps what it measured.
 
     python3 scripts/device/measure.py out/gpu/prepared --bundle out/gpu/runtime --out $OUT --budget-s 420
@@ -133,19 +135,80 @@ def make_array(spec: dict, rng: np.random.Generator, root: Path | None = None) -
     raise ValueError(f"unsupported dtype {dtype}")
 
 
+def entry_rng(entry: dict) -> np.random.Generator:
+    """The generator of one item's random inputs and weights, seeded by the item (its task id, or model and
+    plan), so `prepare.py` draws the same values for the reference output it computes."""
+    key = entry.get("id") or f"{entry['model']}.{entry['plan']}"
+    return np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
+
+
+def entry_arrays(entry: dict, folder: Path) -> list[np.ndarray]:
+    """The arguments of an item's `main`: its inputs (saved files or random), then its lifted weights."""
+    rng = entry_rng(entry)
+    return [make_array(s, rng, folder) for s in entry["inputs"]] + [make_array(s, rng) for s in entry["weights"]]
+
+
+# ----------------------------------------------------------------------------- output check
+
+CHECK_POINTS = 4096  # output elements compared per item (all of a smaller output)
+CHECK_MIN_SQNR_DB = 20.0  # below this the output is wrong, not rounded differently (see `compare`)
+
+
+def flatten_outputs(value) -> list[np.ndarray]:
+    """A VM result (a tensor or nested tuples of them) as a list of numpy arrays."""
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [a for v in value for a in flatten_outputs(v)]
+
+
+def output_sample(outputs: list[np.ndarray], key: str) -> np.ndarray:
+    """float64 values of the outputs at up to CHECK_POINTS positions, chosen by `key` (the same positions
+    on both hosts)."""
+    flat = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in outputs])
+    if flat.size <= CHECK_POINTS:
+        return flat
+    rng = np.random.default_rng(int(hashlib.sha256(("points\0" + key).encode()).hexdigest()[:16], 16))
+    return flat[np.sort(rng.choice(flat.size, CHECK_POINTS, replace=False))]
+
+
+def compare(got: np.ndarray, ref: np.ndarray) -> dict:
+    """How close an output sample is to the reference's. The GPU's float math rounds differently from the
+    CPU reference's (FMA contraction, fp16 tensor cores, math functions), and in a quantized network such a
+    difference can move a value across a rounding boundary of a later quantize, so outputs agree to tens of
+    dB, not bit for bit; a kernel that computes the wrong thing lands near 0 dB. `ok`: bit-exact, or
+    SQNR >= CHECK_MIN_SQNR_DB with non-finite values at the same positions."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        return {"ok": False, "reason": f"{got.size} output values sampled, the reference has {ref.size}"}
+    finite = np.isfinite(ref) & np.isfinite(got)
+    same_nonfinite = bool(np.array_equal(~np.isfinite(ref), ~np.isfinite(got)))
+    err = got[finite] - ref[finite]
+    signal, noise = float(np.sum(ref[finite] ** 2)), float(np.sum(err ** 2))
+    sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    exact = bool(np.array_equal(got, ref, equal_nan=True))
+    return {"ok": exact or (same_nonfinite and sqnr >= CHECK_MIN_SQNR_DB), "bit_exact": exact,
+            "sqnr_db": sqnr if math.isfinite(sqnr) else str(sqnr),
+            "max_abs_diff": float(np.max(np.abs(err))) if err.size else 0.0,
+            "points": int(ref.size), "nonfinite_reference": int(np.sum(~np.isfinite(ref)))}
+
+
 # ----------------------------------------------------------------------------- timing
 
 
-def time_library(tvm, path: Path, device, arrays, number: int, repeat: int, min_repeat_ms: int, warmup: int = 1):
-    """Mean ms per call of each of `repeat` repeats of `main` (inputs and weights placed on the device once)."""
+def time_library(tvm, path: Path, device, arrays, number: int, repeat: int, min_repeat_ms: int, warmup: int = 1,
+                 outputs: list | None = None):
+    """Mean ms per call of each of `repeat` repeats of `main` (inputs and weights placed on the device once).
+    With `outputs` (a list), the outputs of the first call are appended to it as numpy arrays."""
     from tvm.runtime.vm import VirtualMachine
 
     lib = tvm.runtime.load_module(str(path))
     vm = VirtualMachine(lib, device)
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
     vm.set_input("main", *args)
-    for _ in range(warmup):
+    for i in range(max(warmup, 1 if outputs is not None else 0)):
         vm.invoke_stateful("main")
+        if i == 0 and outputs is not None:
+            outputs.extend(flatten_outputs(vm.get_outputs("main")))
     timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
     ms = [float(s) * 1e3 for s in timer("main").results]
     if len(ms) != repeat or not all(math.isfinite(v) and v > 0 for v in ms):
@@ -253,6 +316,27 @@ def torch_baselines(workload: dict, device_type: str, repeat: int, min_repeat_ms
 # ----------------------------------------------------------------------------- the run
 
 
+def check_outputs(entry: dict, outputs: list[np.ndarray], folder: Path) -> dict:
+    """`compare` of the item's outputs with its reference (`prepare.py`), or why there was none."""
+    ref = entry.get("reference") or {}
+    if not ref.get("file"):
+        return {"ok": None, "reason": ref.get("skipped", "no reference prepared")}
+    key = entry.get("id") or f"{entry['model']}.{entry['plan']}"
+    return compare(output_sample(outputs, key), np.load(folder / ref["file"], allow_pickle=False))
+
+
+def _check_line(check: dict) -> str:
+    if check.get("ok") is None:
+        return f"not checked ({check.get('reason')})"
+    if check.get("bit_exact"):
+        return "bit-exact"
+    if "sqnr_db" not in check:
+        return f"FAILED ({check.get('reason')})"
+    sqnr = check["sqnr_db"]
+    return (f"{'ok' if check['ok'] else 'WRONG'}, {sqnr if isinstance(sqnr, str) else f'{sqnr:.1f}'} dB, "
+            f"max |diff| {check['max_abs_diff']:.3g}")
+
+
 def estimate_seconds(manifest: dict, number: int, repeat: int, min_repeat_ms: int,
                      torch_baselines_on: bool = True, load_s: float = 0.15) -> float:
     """Seconds a run should take, from the settings alone (not a measurement): per library `load_s` plus
@@ -268,6 +352,10 @@ def estimate_seconds(manifest: dict, number: int, repeat: int, min_repeat_ms: in
 
 
 def _record(manifest, device_name, kind, workload, candidate, ms, number, meta):
+    # the kernels id (library/version) the libraries were compiled with: latency tables use only
+    # measurements of the kernels a model compiles with (`tvm_mpq.latency.build_table`)
+    if manifest.get("kernels"):
+        meta = {**meta, "kernels": manifest["kernels"]}
     return {"profile": manifest["profile"], "device": device_name, "kind": kind, "workload": workload,
             "candidate": candidate, "median_ms": float(np.median(ms)), "min_ms": float(min(ms)),
             "max_ms": float(max(ms)), "std_ms": float(np.std(ms)), "repeats": len(ms), "number": int(number),
@@ -321,13 +409,23 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
         f"{estimate_seconds(manifest, number, repeat, min_repeat_ms, torch_baselines_on):.0f} s")
 
     records, results, models, skipped = [], [], [], []
+    wrong_records: list[dict] = []  # timings of libraries whose output disagreed with the reference
     baselines: dict[str, dict] = {}
-    rng = np.random.default_rng(0)
+
+    def keep(item, record):
+        """A timing goes to measurements.jsonl only if the library computed the right output."""
+        if item["check"].get("ok") is False:
+            item["wrong_output"] = True
+            wrong_records.append(record)
+        else:
+            records.append(record)
 
     def flush():
         _write(out / "measurements.jsonl",
                "\n".join([json.dumps(HEADER)] + [json.dumps(r, sort_keys=True) for r in records]) + "\n")
         _write(out / "models.json", json.dumps(models, indent=1))
+        if wrong_records:
+            _write(out / "wrong_output.jsonl", "\n".join(json.dumps(r, sort_keys=True) for r in wrong_records) + "\n")
         _write(out / "results.json", json.dumps({
             "device": device_name, "device_type": device_type, "profile": manifest["profile"],
             "runtime": {"tvm_file": tvm.__file__, "runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False))},
@@ -351,15 +449,17 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
             continue
         item = {"model": entry["model"], "plan": entry["plan"], "candidate_counts": entry.get("candidate_counts")}
         try:
-            arrays = [make_array(s, rng, folder) for s in entry["inputs"]]
-            arrays += [make_array(s, rng) for s in entry["weights"]]
-            ms = time_library(tvm, folder / entry["library"], device, arrays, number, repeat, min_repeat_ms)
+            outputs: list = []
+            ms = time_library(tvm, folder / entry["library"], device, entry_arrays(entry, folder), number, repeat,
+                              min_repeat_ms, outputs=outputs)
+            item["check"] = check_outputs(entry, outputs, folder)
             workload, candidate = model_key(entry)
-            records.append(_record(manifest, device_name, "model", workload, candidate, ms, number, {
-                "model": entry["model"], "plan": entry["plan"], "candidate_counts": entry.get("candidate_counts"),
-                "min_repeat_ms": min_repeat_ms, "timed_by": "scripts/device/measure.py"}))
+            meta = {"model": entry["model"], "plan": entry["plan"], "candidate_counts": entry.get("candidate_counts"),
+                    "min_repeat_ms": min_repeat_ms, "timed_by": "scripts/device/measure.py", "check": item["check"]}
             item.update(tvm_ms={"median": float(np.median(ms)), "per_repeat": ms})
-            log(f"model {entry['model']} {entry['plan']}: {np.median(ms):.3f} ms")
+            log(f"model {entry['model']} {entry['plan']}: {np.median(ms):.3f} ms; output check "
+                f"{_check_line(item['check'])}")
+            keep(item, _record(manifest, device_name, "model", workload, candidate, ms, number, meta))
         except Exception as err:  # noqa: BLE001
             item["error"] = f"{type(err).__name__}: {err}"[:2000]
             log(f"model {entry['model']} {entry['plan']}: FAILED {item['error'][:200]}")
@@ -376,12 +476,14 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
             continue
         item = {"id": entry["id"], "task": entry["describe"], "kind": entry["kind"], "candidate": entry["candidate"]}
         try:
-            arrays = [make_array(s, rng) for s in entry["inputs"]] + [make_array(s, rng) for s in entry["weights"]]
-            ms = time_library(tvm, folder / entry["library"], device, arrays, number, repeat, min_repeat_ms)
+            outputs = []
+            ms = time_library(tvm, folder / entry["library"], device, entry_arrays(entry, folder), number, repeat,
+                              min_repeat_ms, outputs=outputs)
             item["tvm_ms"] = float(np.median(ms))
+            item["check"] = check_outputs(entry, outputs, folder)
             meta = {"op": entry["op"], "macs": entry["macs"], "timed_on": device_name,
                     "min_repeat_ms": min_repeat_ms, "schedule": sorted(set(entry.get("schedule", {}).values())),
-                    "timed_by": "scripts/device/measure.py"}
+                    "timed_by": "scripts/device/measure.py", "check": item["check"]}
             if entry["kind"] == "layer" and torch_baselines_on:
                 key = entry["workload"]
                 if key not in baselines:
@@ -389,9 +491,10 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
                 meta["torch"] = {k: ({"median_ms": v["median_ms"], "op": v["op"]} if "median_ms" in v else v)
                                  for k, v in baselines[key].items()}
                 item["torch_ms"] = {k: v.get("median_ms") for k, v in baselines[key].items()}
-            records.append(_record(manifest, device_name, entry["kind"], entry["workload"], entry["candidate"],
-                                   ms, number, meta))
-            log(f"[{i + 1}/{len(tasks)}] {entry['describe']}: {item['tvm_ms']:.4f} ms")
+            keep(item, _record(manifest, device_name, entry["kind"], entry["workload"], entry["candidate"],
+                               ms, number, meta))
+            log(f"[{i + 1}/{len(tasks)}] {entry['describe']}: {item['tvm_ms']:.4f} ms; output check "
+                f"{_check_line(item['check'])}")
         except Exception as err:  # noqa: BLE001
             item["error"] = f"{type(err).__name__}: {err}"[:2000]
             log(f"[{i + 1}/{len(tasks)}] {entry['describe']}: FAILED {item['error'][:200]}")
@@ -400,7 +503,9 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
             flush()
 
     flush()
+    checks = [r["check"] for r in results + models if "check" in r]
     return {"records": len(records), "failed": sum("error" in r for r in results + models),
+            "checked": sum(c.get("ok") is not None for c in checks), "wrong": sum(c.get("ok") is False for c in checks),
             "aborted": failing_from_start(),
             "skipped_for_budget": len(skipped), "seconds": time.perf_counter() - start}
 
@@ -434,7 +539,7 @@ def main(argv=None) -> int:
                   number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
                   log=lambda s: print(s, flush=True))
     print(json.dumps(summary))
-    return 2 if summary["aborted"] else 0
+    return 2 if summary["aborted"] else 1 if summary["wrong"] else 0
 
 
 if __name__ == "__main__":

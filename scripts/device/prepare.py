@@ -7,6 +7,7 @@ list) and each whole model at FP16, W8A8 and a mixed plan. Writes a folder for `
     DIR/tasks/<id>.so       one exported library per task (weights lifted to parameters: shapes only)
     DIR/models/<m>.<p>.so   one per model and plan, its example inputs in DIR/models/<m>.<p>.input<i>.npy
     DIR/kernels/<sha>.fatbin  the CUDA kernels of every library, compiled here with nvcc
+    DIR/references/<key>.npy  a sample of each library's output computed on this CPU (`make_reference`)
 
 Resumable: a task or model whose library and entry (`<lib>.json`) exist is not rebuilt.
 
@@ -56,6 +57,48 @@ def compile_for(mod, target, kernel_dir: Path):
     return compile_module(mod, target), {"weights": [], "kernels": [], "schedule": {}}
 
 
+def _measure_module():
+    """scripts/device/measure.py (the device side), for the seeded arrays and output sampling it uses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tvm_mpq_device_measure", Path(__file__).with_name("measure.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_reference(mod, entry: dict, target, out: Path) -> dict:
+    """The output the device library must reproduce, computed here: `mod` built for this CPU by TVM's generic
+    pipeline without schedules (`cuda_schedule.compile_reference`; a CPU profile's own target, else plain
+    LLVM), run on the seeded inputs and weights the measure script draws for the entry
+    (`measure.entry_arrays`). A sample of the output (`measure.output_sample`) goes to
+    DIR/references/<key>.npy; the measure script compares the device's output with it. Returns the entry's
+    "reference" field: {"file", "points", "nonfinite"} or {"skipped": why}."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from tvm_mpq.kernels.cuda_schedule import compile_reference
+
+    measure = _measure_module()
+    key = entry.get("id") or f"{entry['model']}.{entry['plan']}"
+    lifted = [] if entry["weights"] else None
+    try:
+        executable = compile_reference(mod, lifted, None if target.kind.name == "cuda" else target)
+        expected = [(list(w["shape"]), w["dtype"]) for w in entry["weights"]]
+        if lifted is not None and [(list(s), d) for s, d in lifted] != expected:
+            return {"skipped": "the CPU build lifted other weights than the device build"}
+        vm = VirtualMachine(executable, tvm.cpu())
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in measure.entry_arrays(entry, out)])
+        sample = measure.output_sample(measure.flatten_outputs(result), key)
+    except Exception as err:  # noqa: BLE001 - the library is still timed, unchecked
+        return {"skipped": f"reference failed: {type(err).__name__}: {err}"[:500]}
+    path = out / "references" / f"{key}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, sample, allow_pickle=False)
+    return {"file": str(path.relative_to(out)), "points": int(sample.size),
+            "nonfinite": int(np.sum(~np.isfinite(sample)))}
+
+
 def _export(executable, path: Path) -> None:
     from tvm_mpq.build import _quiet_native_stderr
 
@@ -72,8 +115,9 @@ def _cached(entry_path: Path, lib: Path):
     return None
 
 
-def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tuple[list, list]:
-    """Compile and export each task; returns (entries, failures)."""
+def prepare_tasks(tasks, target, out: Path, *, models_of=None, references: bool = True,
+                  log=print) -> tuple[list, list]:
+    """Compile and export each task (and its reference output, `make_reference`); returns (entries, failures)."""
     from tvm_mpq.kernels import kernel_library
     from tvm_mpq.measure.tasks import build_task_module
 
@@ -84,7 +128,7 @@ def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tup
         lib = out / "tasks" / f"{tid}.so"
         entry_path = lib.with_suffix(".json")
         entry = _cached(entry_path, lib)
-        if entry is None:
+        if entry is None or (references and "reference" not in entry):
             start = time.perf_counter()
             try:
                 mod, inputs = build_task_module(task, kernels=kernels)
@@ -98,6 +142,8 @@ def prepare_tasks(tasks, target, out: Path, *, models_of=None, log=print) -> tup
                      "op": task.op, "macs": task.macs, "describe": task.describe(),
                      "library": str(lib.relative_to(out)), "inputs": _specs(inputs), **extra,
                      "compile_s": round(time.perf_counter() - start, 3)}
+            if references:
+                entry["reference"] = make_reference(mod, entry, target, out)
             entry_path.write_text(json.dumps(entry))
             log(f"[{i + 1}/{len(tasks)}] {task.describe()} ({entry['compile_s']:.1f} s)")
         entry["models"] = sorted(models_of.get((task.kind, task.workload, task.candidate), ())) if models_of else []
@@ -131,8 +177,9 @@ def mixed_plan_layers(graph, profile) -> dict[str, str]:
     return layers
 
 
-def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, log=print) -> tuple[list, list]:
-    """Compile `spec` at each plan; returns (entries, failures)."""
+def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, references: bool = True,
+                  log=print) -> tuple[list, list]:
+    """Compile `spec` at each plan (and its reference output, `make_reference`); returns (entries, failures)."""
     from tvm_mpq.build import lower
     from tvm_mpq.frontend import import_model
     from tvm_mpq.kernels import kernel_library
@@ -145,7 +192,7 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
     for plan in plans:
         lib = out / "models" / f"{spec.name}.{plan}.so"
         entry = _cached(lib.with_suffix(".json"), lib)
-        if entry is None:
+        if entry is None or (references and "reference" not in entry):
             pending.append(plan)
     entries, failed = [], []
     imported = stats = None
@@ -157,7 +204,7 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
     for plan in plans:
         lib = out / "models" / f"{spec.name}.{plan}.so"
         entry = _cached(lib.with_suffix(".json"), lib)
-        if entry is None:
+        if entry is None or (references and "reference" not in entry):
             start = time.perf_counter()
             try:
                 draft = Plan(mixed_plan_layers(imported.graph, profile)) if plan == "mixed" else plan
@@ -181,6 +228,8 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
             entry = {"model": spec.name, "plan": plan, "library": str(lib.relative_to(out)), "inputs": inputs,
                      **extra, "layers": dict(resolved.layers), "candidate_counts": counts,
                      "compile_s": round(time.perf_counter() - start, 3)}
+            if references:
+                entry["reference"] = make_reference(mod, entry, target, out)
             lib.with_suffix(".json").write_text(json.dumps(entry))
             log(f"model {spec.name} {plan}: {counts} ({entry['compile_s']:.1f} s)")
         entries.append(entry)
@@ -188,7 +237,7 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, lo
 
 
 def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks: bool = True,
-            limit: int | None = None, calib_samples: int = 8, log=print) -> dict:
+            limit: int | None = None, calib_samples: int = 8, references: bool = True, log=print) -> dict:
     """Everything into `out`; returns the manifest (also written to out/manifest.json)."""
     import tvm
 
@@ -215,15 +264,20 @@ def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks
         if limit is not None:
             all_tasks = all_tasks[:limit]
     log(f"{len(all_tasks)} tasks for {', '.join(model_names)} on {profile.name}")
-    task_entries, failed = prepare_tasks(all_tasks, target, out, models_of=models_of, log=log)
+    task_entries, failed = prepare_tasks(all_tasks, target, out, models_of=models_of, references=references,
+                                         log=log)
     model_entries = []
     for spec in specs:
         if plans:
-            e, f = prepare_model(spec, profile, plans, out, calib_samples=calib_samples, log=log)
+            e, f = prepare_model(spec, profile, plans, out, calib_samples=calib_samples, references=references,
+                                 log=log)
             model_entries += e
             failed += f
+    from tvm_mpq.kernels import kernels_id
+
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "profile": profile.name,
+        "kernels": kernels_id(target),
         "target": dict(profile.target), "device_type": "cuda" if target.kind.name == "cuda" else "cpu",
         "measure": profile.measure.to_dict(), "tvm": tvm.__version__, "created_at": time.time(),
         "tasks": task_entries, "models": model_entries, "failed": failed,
@@ -243,9 +297,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tasks", action="store_true", help="whole models only")
     ap.add_argument("--limit", type=int, help="first N tasks only")
     ap.add_argument("--calib-samples", type=int, default=8)
+    ap.add_argument("--no-references", action="store_true",
+                    help="skip the CPU reference outputs the measure script checks the device's against")
     args = ap.parse_args(argv)
     m = prepare(args.out, args.models, args.hw, tuple(args.plans), tasks=not args.no_tasks, limit=args.limit,
-                calib_samples=args.calib_samples, log=lambda s: print(s, flush=True))
+                calib_samples=args.calib_samples, references=not args.no_references,
+                log=lambda s: print(s, flush=True))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(json.dumps({"tasks": len(m["tasks"]), "models": len(m["models"]), "failed": m["failed"],
                       "bytes": size}, indent=1))

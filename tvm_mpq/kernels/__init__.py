@@ -7,7 +7,10 @@ def kernel_library(target) -> str:
     """The kernel library for a TVM target: "x86_avx512_vnni" for LLVM targets whose CPU has AVX-512
     F/BW/VL and VNNI (cascadelake, icelake-server, sapphirerapids, znver4, ...), "x86_avx512" for AVX-512
     without VNNI (skylake-avx512), "x86_avx2" for AVX2 and FMA (core-avx2, znver3, ...), "generic"
-    otherwise."""
+    otherwise; "cuda" for CUDA targets (the generic computes, with the 8-bit GEMMs in the form `dp4a`
+    computes, see `tvm_mpq.kernels.cuda_schedule`)."""
+    if getattr(getattr(target, "kind", None), "name", None) == "cuda":
+        return "cuda"
     try:
         from tvm.target import codegen
 
@@ -62,7 +65,8 @@ def host_runs(library: str) -> bool:
 # x86_avx512_vnni 6: uint8 depthwise convs on `vpdpbusd` quads (tvm_mpq.kernels.depthwise_vnni)
 # x86_avx512_vnni 7: dense layers and 1x1 convs with 16-bit activations on the u8s8 GEMM, in two byte planes
 # x86_avx512_vnni 8: both planes in one "u16s8" GEMM (two register tiles, int64 combine and epilogue at the store)
-KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 8}
+# cuda 1: the generic computes on dlight schedules; W8A8 dense layers and convs on `dp4a` (IntegerMatmulDP4A)
+KERNEL_VERSIONS = {"generic": 6, "x86_avx2": 11, "x86_avx512": 5, "x86_avx512_vnni": 8, "cuda": 1}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 
 

@@ -3,12 +3,18 @@
 The TE kernels that `emit_layer` produces (`kernels/quantized.py`) carry no schedule; on a CUDA target
 every PrimFunc is scheduled here at build time with dlight rules, tried in order:
 
-1. `IntegerMatmul` (ours): a matmul-like reduction with integer operands and an integer accumulator
+1. `IntegerMatmulDP4A` (ours): an 8-bit GEMM in the form ``acc += x * w`` (uint8 activations, int8
+   weights, int32 accumulator: what the "cuda" kernel library emits for W8A8 dense layers and convs, the
+   zero point subtracted after the reduction). Normalized to C[b, i, j] += A[b, i, k] * B[b, j, k] as dlight
+   does, tiled over thread blocks with a 4x4 register micro-tile per thread, A and B staged in shared
+   memory K-major, and the innermost 4 of K tensorized with TVM's ``dp4a`` intrinsic (four byte products
+   and the add in one instruction, sm_61 and later).
+2. `IntegerMatmul` (ours): any other matmul-like reduction with integer operands and an integer accumulator
    (`qdense`, `qbatch_matmul`, `qconv2d_nchw` as an implicit GEMM; W8A8 and W4A16). It is dlight's
    `Matmul` SIMT schedule (shared-memory tiles, a register micro-tile per thread) with the tensor-core
    path switched off: dlight's int8 tensor-core path fails on int8 x int8 -> int32 in TVM 0.27, and the
    kernels here subtract the activation zero point inside the reduction, which no MMA intrinsic matches.
-2. dlight's defaults as TVM's CUDA pipeline uses them: `Matmul` (fp16 tensor cores for FP16 layers),
+3. dlight's defaults as TVM's CUDA pipeline uses them: `Matmul` (fp16 tensor cores for FP16 layers),
    `GEMV`, `Reduction`, `GeneralReduction`, `Fallback` (depthwise convolutions, elementwise ops).
 
 The pipeline is TVM's own CUDA pipeline (`tvm.relax.backend.cuda.pipeline`) with that rule list.
@@ -29,9 +35,11 @@ from typing import Iterable, Optional
 
 __all__ = [
     "IntegerMatmul",
+    "IntegerMatmulDP4A",
     "schedule_rules",
     "gpu_pipeline",
     "compile_relax",
+    "compile_reference",
     "is_gpu_target",
     "cuda_sources",
     "kernel_key",
@@ -76,10 +84,106 @@ def _rules():
             simt = Target({**dict(target.export()), "arch": "sm_61"})
             return super().apply(func, simt, tunable)
 
-    return IntegerMatmul, [
-        IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-        dl.gpu.Fallback(),
+    class IntegerMatmulDP4A(dl.gpu.Matmul):
+        """uint8 x int8 -> int32 GEMMs (``acc += x * w``) with K on ``dp4a``; None for anything else."""
+
+        threads_i, threads_j = 8, 16  # threads per block along the GEMM's rows (i) and columns (j)
+        micro_i, micro_j = 4, 4  # outputs per thread
+        tile_k = 32  # K elements (bytes) staged in shared memory per step
+
+        def apply(self, func, target, tunable):
+            from tvm import s_tir, tirx
+            from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
+            from tvm.s_tir.tensor_intrin.dot_product_common import DP4A_S8U8S32_INTRIN, DP4A_U8S8S32_INTRIN
+
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            arch = str(target.attrs.get("arch", ""))
+            if not arch.startswith("sm_") or int(arch[3:].rstrip("a")) < 61:
+                return None
+            sch = s_tir.Schedule(func)
+            blocks = get_reduction_blocks(sch, sch.get_child_blocks(_root(sch)))
+            if not blocks:
+                return None
+            main = blocks[0]
+            operands = _dp4a_operands(sch.get(main))
+            if operands is None or get_index_map(sch.get(main)) is None:
+                return None
+            intrin = DP4A_U8S8S32_INTRIN if operands == ("uint8", "int8") else DP4A_S8U8S32_INTRIN
+
+            # C[b, i, j] += A[b, i, k] * B[b, j, k]: both operands K-major, as dp4a reads them
+            reindex_a = sch.reindex(main, ("read", 0))
+            reindex_b = sch.reindex(main, ("read", 1))
+            reindex_c = sch.reindex(main, ("write", 0))
+            matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+            sch.transform_layout(reindex_a, ("write", 0), a_map)
+            sch.transform_layout(reindex_b, ("write", 0), b_map)
+            sch.transform_layout(reindex_c, ("read", 0), c_map)
+            sch.transform_block_layout(main, matmul_map)
+
+            tile_i, tile_j = self.threads_i * self.micro_i, self.threads_j * self.micro_j
+            sch.pad_einsum(main, [1, tile_i, tile_j, self.tile_k])  # zero padding: 0 * 0 adds nothing
+            batch, i, j, k = sch.get_loops(main)
+            bi, ti, ii = sch.split(i, [None, self.threads_i, self.micro_i])
+            bj, tj, jj = sch.split(j, [None, self.threads_j, self.micro_j])
+            ko, ki, kk = sch.split(k, [None, self.tile_k // 4, 4])
+            sch.reorder(bj, bi, tj, ti, ko, ki, ii, jj, kk)
+            bj = sch.fuse(batch, bj)
+            sch.bind(bi, "blockIdx.x")
+            sch.bind(bj, "blockIdx.y")
+            sch.bind(tj, "threadIdx.y")
+            sch.bind(ti, "threadIdx.x")
+            sch.annotate(ti, ann_key="pragma_auto_unroll_max_step", ann_val=256)
+            sch.annotate(ti, ann_key="pragma_unroll_explicit", ann_val=1)
+
+            store = sch.cache_write(main, 0, "local")
+            sch.reverse_compute_at(store, ti, preserve_unit_loops=True)
+
+            def stage(index):  # cooperative load of a K tile into shared memory, 4 bytes per thread
+                block = sch.cache_read(main, index, "shared")
+                sch.compute_at(block, ko, preserve_unit_loops=True)
+                loops = sch.get_loops(block)[-3:]
+                ty, tx, _, vec = sch.split(sch.fuse(*loops), [self.threads_j, self.threads_i, None, 4])
+                sch.vectorize(vec)
+                sch.bind(ty, "threadIdx.y")
+                sch.bind(tx, "threadIdx.x")
+                # rows 4-byte aligned (dp4a loads 4 bytes), and not a multiple of 32 words (bank conflicts)
+                sch.storage_align(block, 0, axis=1, factor=self.tile_k + 4, offset=4)
+                return block
+
+            for block in (stage(0), stage(1)):
+                auto_inline_producers(sch, block)
+            auto_inline_consumer_chain(sch, store)
+            sch.decompose_reduction(main, ko)
+            sch.tensorize(kk, intrin)
+            return sch
+
+    return IntegerMatmul, IntegerMatmulDP4A, [
+        IntegerMatmulDP4A(), IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+        dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
     ]
+
+
+def _dp4a_operands(block):
+    """(dtype of A, dtype of B) when `block` is C = C + int32(A) * int32(B) with one 8-bit unsigned and
+    one 8-bit signed operand and an int32 C (the form `IntegerMatmulDP4A` tensorizes), else None."""
+    from tvm import ir, tirx
+    from tvm.tirx import expr
+
+    load = ir.TensorLoad  # TVM 0.27's class of tirx.BufferLoad nodes
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or str(body.buffer.dtype) != "int32":
+        return None
+    value = body.value
+    if not isinstance(value, expr.Add) or not isinstance(value.a, load) \
+            or not value.a.source.same_as(body.buffer) or not isinstance(value.b, expr.Mul):
+        return None
+    dtypes = []
+    for factor in (value.b.a, value.b.b):
+        if not isinstance(factor, expr.Cast) or not isinstance(factor.value, load):  # int32: C + A * B typed
+            return None
+        dtypes.append(str(factor.value.source.dtype))
+    return tuple(dtypes) if sorted(dtypes) == ["int8", "uint8"] else None
 
 
 def _root(sch):
@@ -90,7 +194,7 @@ def _root(sch):
 
 def schedule_rules() -> list:
     """The rule list, in order of preference."""
-    return _rules()[1]
+    return _rules()[2]
 
 
 def _apply_schedule(log: Optional[dict]):
@@ -131,8 +235,12 @@ def _apply_schedule(log: Optional[dict]):
 
 def IntegerMatmul():  # noqa: N802 - a rule factory named like the rule
     """A new `IntegerMatmul` rule (the class is built on first use: dlight imports slowly)."""
-    cls, _ = _rules()
-    return cls()
+    return _rules()[0]()
+
+
+def IntegerMatmulDP4A():  # noqa: N802 - a rule factory named like the rule
+    """A new `IntegerMatmulDP4A` rule."""
+    return _rules()[1]()
 
 
 def lift_constants(params: list, min_elements: int = 4096):
@@ -210,6 +318,32 @@ def gpu_pipeline(target, log: Optional[dict] = None, lifted: Optional[list] = No
                 + cuda.finalize_passes(target))(mod)
 
     return _pipeline
+
+
+def compile_reference(mod, lifted: Optional[list] = None, target=None):
+    """`mod` built for a CPU (`target`, default plain LLVM for this host) by TVM's generic CPU pipeline,
+    without schedules: the reference a device library's output is checked against. With `lifted` (a list),
+    weights become parameters exactly as `gpu_pipeline` lifts them (the same passes before the lift, so the
+    same parameters in the same order); their (shape, dtype) are appended to it."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    target = target if target is not None else tvm.target.Target({"kind": "llvm"})
+    legalize = [
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        *([lift_constants(lifted)] if lifted is not None else []),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmMpqCpuReferencePipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cpu.library_dispatch_passes(target) + legalize + cpu.dataflow_lower_passes(target)
+                + cpu.finalize_passes(target))(mod)
+
+    return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
 
 
 def compile_relax(mod, target, log: Optional[dict] = None, lifted: Optional[list] = None):

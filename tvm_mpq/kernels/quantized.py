@@ -9,6 +9,10 @@ Zero-point handling
   zero point. Each activation element is widened to the accumulator dtype and its zero point
   subtracted *inside* the reduction: ``acc += (x - zp) * w``. This is exact for any zero point
   and needs no per-channel correction term.
+- With ``zero_point_in_reduction=False`` (the CUDA library's 8-bit GEMMs: `qdense`, `qconv2d_nchw`) the
+  reduction is the plain ``acc += x * w`` that dot-product instructions (``dp4a``) compute, and the
+  caller subtracts ``zp * sum(w)`` per output channel (`zero_point_offsets`) afterwards. The integers
+  are the same: padded positions still hold the zero point, so their ``zp * w`` terms cancel in it.
 - Convolution padding: padded positions must contribute exactly 0 in the real domain, i.e. the
   quantized value at a padded position must equal the zero point. The conv either guards the
   load with `te.if_then_else` inside the reduction (padded term is 0) or pads explicitly with the
@@ -23,9 +27,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from tvm import te, tirx
 
-__all__ = ["qconv2d_nchw", "qdense", "qbatch_matmul", "unpack_int4_expr"]
+__all__ = ["qconv2d_nchw", "qdense", "qbatch_matmul", "unpack_int4_expr", "zero_point_offsets"]
 
 # Padding strategy of qconv2d_nchw: "guard" keeps the padding inside the reduction
 # (te.if_then_else), "explicit" materializes a padded input filled with the zero point.
@@ -70,16 +76,21 @@ def qconv2d_nchw(
     kernel_shape: Sequence[int],
     acc_dtype: str = "int32",
     pad_mode: str | None = None,
+    zero_point_in_reduction: bool = True,
 ) -> te.Tensor:
     """Quantized 2-D convolution, NCHW activations, OIHW (or packed int4) weights.
 
     out[n, o, y, x] = sum_{c, kh, kw} (data_pad[n, g*Cg + c, y*sh + kh*dh, x*sw + kw*dw] - zp)
                       * w[o, c, kh, kw]
     where g = o // (O // groups) and padded positions contribute 0. `padding` is
-    (top, left, bottom, right). Output [N, O, OH, OW] in `acc_dtype`.
+    (top, left, bottom, right). Output [N, O, OH, OW] in `acc_dtype`. With `zero_point_in_reduction`
+    False the sum is of data_pad * w (explicit padding with the zero point), less zp * sum(w) to the
+    caller (see the module docstring).
     """
     _check_bits(weight_bits)
     pad_mode = pad_mode or DEFAULT_CONV_PAD_MODE
+    if not zero_point_in_reduction:
+        pad_mode = "explicit"  # a guarded load would add 0, not zp * w, at padded positions
     if pad_mode not in ("guard", "explicit"):
         raise ValueError(f"pad_mode must be 'guard' or 'explicit', got {pad_mode!r}")
     n_, c_, h_, w_ = (int(v) for v in data.shape)
@@ -105,6 +116,7 @@ def qconv2d_nchw(
         raise ValueError(f"empty conv output {oh}x{ow}")
     og = o_ // groups
     zp = int(data_zero_point)
+    zp_sub = zp if zero_point_in_reduction else 0
 
     rc = te.reduce_axis((0, cg), name="rc")
     ry = te.reduce_axis((0, kh_), name="ry")
@@ -131,7 +143,7 @@ def qconv2d_nchw(
         def fcompute(n, o, y, x):
             c = (o // og) * cg + rc if groups > 1 else rc
             v = padded[n, c, y * sh + ry * dh, x * sw + rx * dw]
-            return te.sum(_act(v, zp, acc_dtype) * wval(o, rc, ry, rx), axis=[rc, ry, rx])
+            return te.sum(_act(v, zp_sub, acc_dtype) * wval(o, rc, ry, rx), axis=[rc, ry, rx])
 
     else:
 
@@ -139,7 +151,7 @@ def qconv2d_nchw(
             c = (o // og) * cg + rc if groups > 1 else rc
             iy = y * sh + ry * dh - pt
             ix = x * sw + rx * dw - pl
-            term = _act(data[n, c, iy, ix], zp, acc_dtype) * wval(o, rc, ry, rx)
+            term = _act(data[n, c, iy, ix], zp_sub, acc_dtype) * wval(o, rc, ry, rx)
             if has_pad:
                 conds = []
                 if pt:
@@ -158,7 +170,8 @@ def qconv2d_nchw(
         fcompute,
         name="qconv2d_nchw",
         tag=f"qconv2d_nchw_w{weight_bits}",
-        attrs={"weight_bits": weight_bits, "data_zero_point": zp, "groups": groups},
+        attrs={"weight_bits": weight_bits, "data_zero_point": zp, "groups": groups,
+               **({} if zero_point_in_reduction else {"zero_point_in_reduction": 0})},
     )
 
 
@@ -170,8 +183,10 @@ def qdense(
     weight_bits: int,
     in_features: int,
     acc_dtype: str = "int32",
+    zero_point_in_reduction: bool = True,
 ) -> te.Tensor:
-    """Quantized dense: out[m, n] = sum_k (data[m, k] - zp) * w[n, k], [M, N] in `acc_dtype`.
+    """Quantized dense: out[m, n] = sum_k (data[m, k] - zp) * w[n, k], [M, N] in `acc_dtype`; with
+    `zero_point_in_reduction` False, sum_k data[m, k] * w[n, k] (the caller subtracts zp * sum(w)).
 
     `weight` is int8 [N, K] (weight_bits 8) or `pack_int4`-packed uint8 [N, ceil(K/2)] (4).
     """
@@ -193,11 +208,23 @@ def qdense(
 
     return te.compute(
         (m_, n_),
-        lambda m, n: te.sum(_act(data[m, rk], zp, acc_dtype) * wval(n, rk), axis=rk),
+        lambda m, n: te.sum(_act(data[m, rk], zp if zero_point_in_reduction else 0, acc_dtype) * wval(n, rk),
+                            axis=rk),
         name="qdense",
         tag=f"qdense_w{weight_bits}",
-        attrs={"weight_bits": weight_bits, "data_zero_point": zp},
+        attrs={"weight_bits": weight_bits, "data_zero_point": zp,
+               **({} if zero_point_in_reduction else {"zero_point_in_reduction": 0})},
     )
+
+
+def zero_point_offsets(weight, zero_point: int) -> np.ndarray:
+    """int32 [O]: zp * sum(w[o]) over each output channel of an int8 weight [O, ...], the term that
+    `zero_point_in_reduction=False` leaves for the caller to subtract."""
+    w = np.asarray(weight)
+    if w.dtype != np.int8:
+        raise ValueError(f"zero_point_offsets needs the int8 weight, got {w.dtype}")
+    sums = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    return (int(zero_point) * sums).astype(np.int32)
 
 
 def qbatch_matmul(

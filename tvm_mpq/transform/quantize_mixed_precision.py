@@ -17,8 +17,10 @@ Kernel libraries (`kernels`): "generic" emits the target-independent TE computes
 and with 16-bit ones split in two byte planes) emits the packed GEMM / depthwise kernels of
 `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to TVM's own
 operators), and falls back to "generic" for what they do not cover (other 16-bit activation layers,
-grouped non-depthwise convs). Layers at FP16 cast their operands to float16 and accumulate
-in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
+grouped non-depthwise convs). "cuda" is "generic" except that W8A8 dense layers and convs without groups
+leave the zero point out of the reduction (``acc += x * w``, the form of ``dp4a``) and subtract
+``zp * sum(w)`` per output channel after it (`tvm_mpq.kernels.quantized.zero_point_offsets`).
+Layers at FP16 cast their operands to float16 and accumulate in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
 simulator quantizes them.
 """
 
@@ -36,7 +38,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import numerics, smoothing
 from ..graph import Layer, LayerGraph
 from ..kernels import LIBRARY_LANES
-from ..kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense
+from ..kernels.quantized import qbatch_matmul, qconv2d_nchw, qdense, zero_point_offsets
 from ..numerics import ActEncoding, Candidate
 from ..plan import Plan
 from . import x86_avx2_lowering as avx2
@@ -152,7 +154,7 @@ def emit_quantize(bb: relax.BlockBuilder, x, enc: ActEncoding, channel_shape=Non
     return bb.emit(relax.op.astype(y, enc.dtype))
 
 
-KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512", "x86_avx512_vnni")
+KERNEL_LIBRARIES = ("generic", "x86_avx2", "x86_avx512", "x86_avx512_vnni", "cuda")
 # the libraries of the packed x86 kernels (`tvm_mpq.kernels.x86_avx2`), by their vector lanes
 PACKED_CPU_LIBRARIES = LIBRARY_LANES
 
@@ -200,9 +202,10 @@ def emit_layer(bb: relax.BlockBuilder, layer: Layer, cand: Candidate, args, weig
 
 
 def _quantized_weight(weight: np.ndarray, bits: int):
+    """(the weight as the kernels read it, a Relax constant; its per-channel scale; the int8 values)"""
     q, scale = numerics.quantize_weight(weight, bits)
     stored = numerics.pack_int4(q) if bits == 4 else q
-    return relax.const(stored), scale
+    return relax.const(stored), scale, q
 
 
 def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, inputs_quantized: bool,
@@ -215,8 +218,18 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
     a16 = vnni and encs[0].dtype == "int16" and avx2.supports_a16(wl)
 
+    # cuda: 8-bit GEMMs with the zero point out of the reduction (the dp4a form; see the module docstring)
+    dp4a_form = (kernels == "cuda" and cand.weight_bits == 8 and encs[0].dtype == "uint8"
+                 and layer.op_type in ("conv2d", "linear") and (layer.op_type == "linear" or wl.groups == 1))
+
     def quantized(x, enc, channel_shape=None):
         return x if inputs_quantized else emit_quantize(bb, x, enc, channel_shape)
+
+    def minus_zero_point_offsets(acc, q, shape):
+        if not dp4a_form or not encs[0].zero_point:
+            return acc
+        offsets = zero_point_offsets(q, encs[0].zero_point).reshape(shape)
+        return bb.emit(relax.op.subtract(acc, relax.const(offsets)))
 
     if encs[0].channel_scale is not None:  # smoothing: the weight's input channels take the factors
         weight = smoothing.scale_weight(weight, encs[0].channel_scale)
@@ -227,14 +240,15 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             acc = (avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
                    if fast else avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag))
         else:
-            w, w_scale = _quantized_weight(weight, cand.weight_bits)
+            w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qconv2d_nchw, xq, w,
                 data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
                 dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
                 kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
-                primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
+                zero_point_in_reduction=not dp4a_form, primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
+            acc = minus_zero_point_offsets(acc, q, (1, -1, 1, 1))
         divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, -1, 1, 1)
         return bb.emit(relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor)))
     if layer.op_type == "linear":
@@ -249,11 +263,13 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                               vnni=vnni)
                    if fast else avx2.dense_a16(bb, xq, q.reshape(n, k), zero_point=encs[0].zero_point, tag=tag))
         else:
-            w, w_scale = _quantized_weight(weight, cand.weight_bits)
+            w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=cand.acc_dtype, primfunc_name_hint=_tagged(tag, "qdense"),
+                in_features=k, acc_dtype=cand.acc_dtype, zero_point_in_reduction=not dp4a_form,
+                primfunc_name_hint=_tagged(tag, "qdense"),
             )
+            acc = minus_zero_point_offsets(acc, q, (1, n))
         divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, n)
         y = relax.op.divide(relax.op.astype(acc, "float32"), relax.const(divisor))
         if len(wl.input_shape) != 2:
