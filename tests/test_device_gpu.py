@@ -185,7 +185,7 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
         mod, _ = build_task_module(Task(LAYER, wl, cand, "linear", 64 * 128 * 96), kernels=kernel_library(target))
         log, lifted = {}, []
         ex = cuda_schedule.compile_relax(mod, target, log, lifted)
-        assert ("IntegerMatmulDP4A" if cand == "W8A8" else "IntegerMatmul") in log.values(), log
+        assert ("IntegerMatmulDP4A" if cand == "W8A8" else "IntegerMatmul") in log.values(), log  # M = 64: no MMA
         assert lifted and lifted[0][1] == ("int8" if cand == "W8A8" else "uint8")  # the weight became a parameter
         keys = cuda_schedule.cross_compile_kernels(ex, target, tmp_path / "kernels")
         sources = cuda_schedule.cuda_sources(ex)
@@ -221,11 +221,12 @@ def test_cuda_task_schedules_and_cross_compiles(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-def test_w8a8_gemms_run_on_dp4a():
-    """W8A8 dense layers and convs (padded, strided, K not a multiple of 4, M and N not multiples of the tile)
-    are scheduled by IntegerMatmulDP4A; their CUDA source calls __dp4a and nvcc's PTX holds the u8 x s8
-    dp4a instruction. Depthwise convs, 16-bit activations (W4A16) and activation x activation matmuls are
-    not in the dp4a form and keep the other rules."""
+def test_w8a8_gemms_run_on_int8_tensor_cores_or_dp4a():
+    """W8A8 dense layers and convs whose GEMM dimensions all exceed 64 are scheduled by
+    IntegerMatmulTensorCore (int8 WMMA fragments; nvcc's PTX holds the s8 wmma.mma); the others (padded,
+    strided, K not a multiple of 4, M and N not multiples of the tile) by IntegerMatmulDP4A (PTX: dp4a.s32.s32).
+    Depthwise convs, 16-bit activations (W4A16) and activation x activation matmuls are not int8 x int8
+    GEMMs and keep the other rules."""
     from tvm.support import nvcc
 
     from tvm_mpq.graph import Workload
@@ -236,27 +237,35 @@ def test_w8a8_gemms_run_on_dp4a():
     target = load_profile("cuda_sm90").tvm_target()
     assert kernel_library(target) == "cuda"
     cases = {
-        Workload("linear", (50, 30), (20, 30), (50, 20), has_bias=True): "W8A8",
+        Workload("linear", (128, 384), (1536, 384), (128, 1536), has_bias=True): ("W8A8", "IntegerMatmulTensorCore"),
+        Workload("conv2d", (1, 96, 14, 14), (80, 96, 1, 1), (1, 80, 14, 14), (1, 1), (0, 0, 0, 0), (1, 1), 1,
+                 False): ("W8A8", "IntegerMatmulTensorCore"),
+        Workload("linear", (50, 30), (20, 30), (50, 20), has_bias=True): ("W8A8", "IntegerMatmulDP4A"),
         Workload("conv2d", (1, 3, 33, 33), (16, 3, 3, 3), (1, 16, 17, 17), (2, 2), (1, 1, 1, 1), (1, 1), 1,
-                 True): "W8A8",
+                 True): ("W8A8", "IntegerMatmulDP4A"),
         Workload("conv2d", (1, 24, 14, 14), (40, 24, 1, 1), (1, 40, 14, 14), (1, 1), (0, 0, 0, 0), (1, 1), 1,
-                 False): "W8A8",
+                 False): ("W8A8", "IntegerMatmulDP4A"),
         Workload("conv2d", (1, 24, 14, 14), (24, 1, 3, 3), (1, 24, 14, 14), (1, 1), (1, 1, 1, 1), (1, 1), 24,
-                 False): "W8A8",
-        Workload("linear", (50, 32), (20, 32), (50, 20), has_bias=True): "W4A16",
+                 False): ("W8A8", None),
+        Workload("linear", (128, 384), (1536, 384), (128, 1536), has_bias=True): ("W4A16", None),
     }
-    for wl, cand in cases.items():
+    for wl, (cand, rule) in cases.items():
         mod, _ = build_task_module(Task(LAYER, wl.key(), cand, wl.op, 1), kernels=kernel_library(target))
         log = {}
         ex = cuda_schedule.compile_relax(mod, target, log)
         (source,) = cuda_schedule.cuda_sources(ex)
-        dp4a = cand == "W8A8" and wl.groups == 1
-        assert ("IntegerMatmulDP4A" in log.values()) == dp4a, (wl, log)
-        assert ("__dp4a(" in source.split('extern "C" __global__')[-1]) == dp4a
-        if dp4a:
+        kernel = source.split('extern "C" __global__')[-1]
+        rules = {r.split(" (")[0] for r in log.values()}
+        assert (rule in rules) if rule else not rules & {"IntegerMatmulTensorCore", "IntegerMatmulDP4A"}, (wl, log)
+        assert ("__dp4a(" in kernel) == (rule == "IntegerMatmulDP4A")
+        assert ("wmma::mma_sync" in kernel) == (rule == "IntegerMatmulTensorCore")
+        if rule:
             with target:
                 ptx = bytes(nvcc.compile_cuda(source, target_format="ptx", compiler="nvcc")).decode()
-            assert "dp4a.u32.s32" in ptx
+            if rule == "IntegerMatmulDP4A":
+                assert "dp4a.s32.s32" in ptx
+            else:
+                assert "wmma.mma.sync" in ptx and ".s8" in ptx
 
 
 CUDA_STUB = r"""

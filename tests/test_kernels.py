@@ -172,12 +172,14 @@ def test_qdense_bit_exact(m, k, n, bits, adt, acc, zp):
 # ----------------------------------------------------------------------------- zero point after the reduction
 
 
+@pytest.mark.parametrize("int8_operand", [False, True])
 @pytest.mark.parametrize("case", ["odd_3x3_s2_asym_pad_dil2", "pointwise_1x1"])
 @pytest.mark.parametrize("pad_mode", ["explicit", "guard"])
-def test_qconv2d_zero_point_after_reduction(case, pad_mode):
+def test_qconv2d_zero_point_after_reduction(case, pad_mode, int8_operand):
     """The "cuda" library's form, sum(x * w) - zp * sum(w), gives the same integers as sum((x - zp) * w),
     padded borders included (the padding holds the zero point either way; a requested guard mode becomes
-    explicit, since a guarded load would add 0 instead of zp * w)."""
+    explicit, since a guarded load would add 0 instead of zp * w). With `int8_operand` the data is read as
+    x - 128 and the zero point is zp - 128, the padding included."""
     n, c, h, wd, o, kh, kw, strides, padding, dilation, groups, bits, adt, acc, zp = CONV_CASES[case]
     rng = np.random.default_rng(7)
     q, wnp = _weights(rng, (o, c, kh, kw), 8)
@@ -186,10 +188,12 @@ def test_qconv2d_zero_point_after_reduction(case, pad_mode):
     weight = te.placeholder(wnp.shape, "int8", name="weight")
     out = qconv2d_nchw(data, weight, data_zero_point=zp, strides=strides, padding=padding, dilation=dilation,
                        groups=1, weight_bits=8, kernel_shape=(o, c, kh, kw), pad_mode=pad_mode,
-                       zero_point_in_reduction=False)
+                       zero_point_in_reduction=False, int8_operand=int8_operand)
     raw = _run([data, weight], [x, wnp], out).astype(np.int64)
-    assert not np.array_equal(raw, ref_conv(x, q, zp, strides, padding, dilation, 1))  # zp is really left out
-    offsets = zero_point_offsets(q, zp).astype(np.int64).reshape(1, -1, 1, 1)
+    moved_zp = zp - 128 if int8_operand else zp
+    if moved_zp:  # the zero point is really left out of the sum (pointwise_1x1's 128 moves to 0)
+        assert not np.array_equal(raw, ref_conv(x, q, zp, strides, padding, dilation, 1))
+    offsets = zero_point_offsets(q, moved_zp).astype(np.int64).reshape(1, -1, 1, 1)
     np.testing.assert_array_equal(raw - offsets, ref_conv(x, q, zp, strides, padding, dilation, 1))
 
 
@@ -204,6 +208,14 @@ def test_qdense_zero_point_after_reduction():
     np.testing.assert_array_equal(raw, x.astype(np.int64) @ q.astype(np.int64).T)
     ref = (x.astype(np.int64) - 97) @ q.astype(np.int64).T
     np.testing.assert_array_equal(raw - zero_point_offsets(q, 97), ref)
+    # int8 operand: the reduction reads x - 128 (int8), the zero point moves to 97 - 128
+    out8 = qdense(data, weight, data_zero_point=97, weight_bits=8, in_features=40, zero_point_in_reduction=False,
+                  int8_operand=True)
+    raw8 = _run([data, weight], [x, wnp], out8).astype(np.int64)
+    np.testing.assert_array_equal(raw8, (x.astype(np.int64) - 128) @ q.astype(np.int64).T)
+    np.testing.assert_array_equal(raw8 - zero_point_offsets(q, 97 - 128), ref)
+    with pytest.raises(ValueError, match="zero_point_in_reduction=False"):
+        qdense(data, weight, data_zero_point=97, weight_bits=8, in_features=40, int8_operand=True)
     assert zero_point_offsets(q, 97).dtype == np.int32
     with pytest.raises(ValueError, match="int8 weight"):
         zero_point_offsets(wnp.astype(np.int16), 1)

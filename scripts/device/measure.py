@@ -162,9 +162,9 @@ def flatten_outputs(value) -> list[np.ndarray]:
 
 
 def output_sample(outputs: list[np.ndarray], key: str) -> np.ndarray:
-    """float64 values of the outputs at up to CHECK_POINTS positions, chosen by `key` (the same positions
-    on both hosts)."""
-    flat = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in outputs])
+    """float32 values of the outputs (float32 or narrower: exact) at up to CHECK_POINTS positions, chosen by
+    `key` (the same positions on both hosts)."""
+    flat = np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in outputs])
     if flat.size <= CHECK_POINTS:
         return flat
     rng = np.random.default_rng(int(hashlib.sha256(("points\0" + key).encode()).hexdigest()[:16], 16))

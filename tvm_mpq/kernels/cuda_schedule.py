@@ -94,7 +94,7 @@ def _rules():
         def apply(self, func, target, tunable):
             from tvm import s_tir, tirx
             from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
-            from tvm.s_tir.tensor_intrin.dot_product_common import DP4A_S8U8S32_INTRIN, DP4A_U8S8S32_INTRIN
+            from tvm.s_tir.tensor_intrin import dot_product_common as dp
 
             if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
                 return None
@@ -109,7 +109,8 @@ def _rules():
             operands = _dp4a_operands(sch.get(main))
             if operands is None or get_index_map(sch.get(main)) is None:
                 return None
-            intrin = DP4A_U8S8S32_INTRIN if operands == ("uint8", "int8") else DP4A_S8U8S32_INTRIN
+            intrin = {("int8", "int8"): dp.DP4A_S8S8S32_INTRIN, ("uint8", "int8"): dp.DP4A_U8S8S32_INTRIN,
+                      ("int8", "uint8"): dp.DP4A_S8U8S32_INTRIN}[operands]
 
             # C[b, i, j] += A[b, i, k] * B[b, j, k]: both operands K-major, as dp4a reads them
             reindex_a = sch.reindex(main, ("read", 0))
@@ -158,15 +159,75 @@ def _rules():
             sch.tensorize(kk, intrin)
             return sch
 
+    class IntegerMatmulTensorCore(dl.gpu.Matmul):
+        """int8 x int8 -> int32 GEMMs whose M, N and K all exceed 64, on int8 tensor cores: dlight's
+        `MatmulInt8Tensorization` (WMMA 16x16x16 fragments, 128x128 block tiles) without its software
+        pipelining, which TVM 0.27 cannot lower for WMMA fragments (InjectSoftwarePipeline fails on the
+        fragment buffers). None for anything else."""
+
+        min_extent = 64  # dlight's threshold for tensor cores: below it the 128x128 tile is mostly padding
+
+        def apply(self, func, target, tunable):
+            from tvm import s_tir, tirx
+            from tvm.s_tir.dlight.gpu.matmul import MatmulInt8Tensorization
+
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            arch = str(target.attrs.get("arch", ""))
+            if not arch.startswith("sm_") or int(arch[3:].rstrip("a")) < 75:
+                return None
+            probe = s_tir.Schedule(func)
+            blocks = get_reduction_blocks(probe, probe.get_child_blocks(_root(probe)))
+            if not blocks or _dp4a_operands(probe.get(blocks[0])) != ("int8", "int8"):
+                return None
+            extents = _gemm_extents(probe, blocks[0])
+            if extents is None or min(extents) <= self.min_extent:
+                return None
+            sch = MatmulInt8Tensorization().apply(func, target, tunable)
+            if sch is None:
+                return None
+            for block in _all_blocks(sch, _root(sch)):
+                for loop in sch.get_loops(block):
+                    for key in list(sch.get(loop).annotations.keys()):
+                        if str(key).startswith("software_pipeline"):
+                            sch.unannotate(loop, key)
+            return sch
+
     return IntegerMatmul, IntegerMatmulDP4A, [
-        IntegerMatmulDP4A(), IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-        dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
+        IntegerMatmulTensorCore(), IntegerMatmulDP4A(), IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(),
+        dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
     ]
 
 
+def _all_blocks(sch, parent) -> list:
+    out = []
+    for block in sch.get_child_blocks(parent):
+        out += [block, *_all_blocks(sch, block)]
+    return out
+
+
+def _gemm_extents(sch, block):
+    """(M, N, K) of a matmul-like reduction block, as dlight normalizes it (C[b, i, j] += A[b, i, k] *
+    B[b, j, k]), or None when it is not one or an extent is not a constant."""
+    from tvm import tirx
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    maps = get_index_map(sch.get(block))
+    if maps is None:
+        return None
+    sch.reindex(block, ("read", 0))
+    sch.reindex(block, ("read", 1))
+    sch.reindex(block, ("write", 0))
+    sch.transform_block_layout(block, get_index_map(sch.get(block))[0])
+    extents = [v.dom.extent for v in sch.get(block).iter_vars[1:]]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    return tuple(int(e) for e in extents)
+
+
 def _dp4a_operands(block):
-    """(dtype of A, dtype of B) when `block` is C = C + int32(A) * int32(B) with one 8-bit unsigned and
-    one 8-bit signed operand and an int32 C (the form `IntegerMatmulDP4A` tensorizes), else None."""
+    """(dtype of A, dtype of B) when `block` is C = C + int32(A) * int32(B) with 8-bit operands (int8 x int8,
+    or uint8 and int8) and an int32 C (the form `IntegerMatmulDP4A` tensorizes), else None."""
     from tvm import ir, tirx
     from tvm.tirx import expr
 
@@ -183,7 +244,7 @@ def _dp4a_operands(block):
         if not isinstance(factor, expr.Cast) or not isinstance(factor.value, load):  # int32: C + A * B typed
             return None
         dtypes.append(str(factor.value.source.dtype))
-    return tuple(dtypes) if sorted(dtypes) == ["int8", "uint8"] else None
+    return tuple(dtypes) if sorted(dtypes) in (["int8", "int8"], ["int8", "uint8"]) else None
 
 
 def _root(sch):

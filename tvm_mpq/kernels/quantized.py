@@ -10,9 +10,11 @@ Zero-point handling
   subtracted *inside* the reduction: ``acc += (x - zp) * w``. This is exact for any zero point
   and needs no per-channel correction term.
 - With ``zero_point_in_reduction=False`` (the CUDA library's 8-bit GEMMs: `qdense`, `qconv2d_nchw`) the
-  reduction is the plain ``acc += x * w`` that dot-product instructions (``dp4a``) compute, and the
-  caller subtracts ``zp * sum(w)`` per output channel (`zero_point_offsets`) afterwards. The integers
-  are the same: padded positions still hold the zero point, so their ``zp * w`` terms cancel in it.
+  reduction is the plain ``acc += x * w`` that int8 tensor cores and ``dp4a`` compute, and the caller
+  subtracts ``zp * sum(w)`` per output channel (`zero_point_offsets`) afterwards. The integers are the
+  same: padded positions still hold the zero point, so their ``zp * w`` terms cancel in it. With
+  ``int8_operand`` too, uint8 data is first moved to int8 (``x - 128``, zero point ``zp - 128``: the
+  caller subtracts ``(zp - 128) * sum(w)``) in a stage of the same kernel, so the reduction is int8 x int8.
 - Convolution padding: padded positions must contribute exactly 0 in the real domain, i.e. the
   quantized value at a padded position must equal the zero point. The conv either guards the
   load with `te.if_then_else` inside the reduction (padded term is 0) or pads explicitly with the
@@ -55,6 +57,15 @@ def unpack_int4_expr(packed: te.Tensor, row, k, dtype: str = "int32"):
     return (nibble - tirx.const(8, "int32")).astype(dtype)
 
 
+def _as_int8(data: te.Tensor, zero_point: int) -> tuple[te.Tensor, int]:
+    """uint8 data moved to int8 (x - 128) and its zero point with it."""
+    if str(data.dtype) != "uint8":
+        raise ValueError(f"int8_operand needs uint8 data, got {data.dtype}")
+    moved = te.compute(data.shape, lambda *i: (data[i].astype("int16") - tirx.const(128, "int16")).astype("int8"),
+                       name="to_int8", tag="elemwise")
+    return moved, int(zero_point) - 128
+
+
 def _act(x, zero_point: int, acc_dtype: str):
     """Widen an activation element to the accumulator dtype and remove its zero point."""
     v = x.astype(acc_dtype)
@@ -77,6 +88,7 @@ def qconv2d_nchw(
     acc_dtype: str = "int32",
     pad_mode: str | None = None,
     zero_point_in_reduction: bool = True,
+    int8_operand: bool = False,
 ) -> te.Tensor:
     """Quantized 2-D convolution, NCHW activations, OIHW (or packed int4) weights.
 
@@ -85,12 +97,16 @@ def qconv2d_nchw(
     where g = o // (O // groups) and padded positions contribute 0. `padding` is
     (top, left, bottom, right). Output [N, O, OH, OW] in `acc_dtype`. With `zero_point_in_reduction`
     False the sum is of data_pad * w (explicit padding with the zero point), less zp * sum(w) to the
-    caller (see the module docstring).
+    caller (see the module docstring); `int8_operand` (with it) moves uint8 data to int8 first.
     """
     _check_bits(weight_bits)
     pad_mode = pad_mode or DEFAULT_CONV_PAD_MODE
     if not zero_point_in_reduction:
         pad_mode = "explicit"  # a guarded load would add 0, not zp * w, at padded positions
+        if int8_operand:
+            data, data_zero_point = _as_int8(data, data_zero_point)
+    elif int8_operand:
+        raise ValueError("int8_operand needs zero_point_in_reduction=False")
     if pad_mode not in ("guard", "explicit"):
         raise ValueError(f"pad_mode must be 'guard' or 'explicit', got {pad_mode!r}")
     n_, c_, h_, w_ = (int(v) for v in data.shape)
@@ -184,9 +200,11 @@ def qdense(
     in_features: int,
     acc_dtype: str = "int32",
     zero_point_in_reduction: bool = True,
+    int8_operand: bool = False,
 ) -> te.Tensor:
     """Quantized dense: out[m, n] = sum_k (data[m, k] - zp) * w[n, k], [M, N] in `acc_dtype`; with
-    `zero_point_in_reduction` False, sum_k data[m, k] * w[n, k] (the caller subtracts zp * sum(w)).
+    `zero_point_in_reduction` False, sum_k data[m, k] * w[n, k] (the caller subtracts zp * sum(w)), and
+    with `int8_operand` too, sum_k (data[m, k] - 128) * w[n, k] (the caller subtracts (zp - 128) * sum(w)).
 
     `weight` is int8 [N, K] (weight_bits 8) or `pack_int4`-packed uint8 [N, ceil(K/2)] (4).
     """
@@ -198,6 +216,10 @@ def qdense(
     expect_k = k_ if weight_bits == 8 else (k_ + 1) // 2
     if int(weight.shape[1]) != expect_k:
         raise ValueError(f"weight shape {tuple(weight.shape)} != ({n_}, {expect_k}) for {weight_bits}-bit weights")
+    if int8_operand:
+        if zero_point_in_reduction:
+            raise ValueError("int8_operand needs zero_point_in_reduction=False")
+        data, data_zero_point = _as_int8(data, data_zero_point)
     zp = int(data_zero_point)
     rk = te.reduce_axis((0, k_), name="rk")
 

@@ -17,9 +17,10 @@ Kernel libraries (`kernels`): "generic" emits the target-independent TE computes
 and with 16-bit ones split in two byte planes) emits the packed GEMM / depthwise kernels of
 `tvm_mpq.kernels.x86_avx2` for 8-bit activations and for FP32 layers (which "generic" leaves to TVM's own
 operators), and falls back to "generic" for what they do not cover (other 16-bit activation layers,
-grouped non-depthwise convs). "cuda" is "generic" except that W8A8 dense layers and convs without groups
-leave the zero point out of the reduction (``acc += x * w``, the form of ``dp4a``) and subtract
-``zp * sum(w)`` per output channel after it (`tvm_mpq.kernels.quantized.zero_point_offsets`).
+grouped non-depthwise convs). "cuda" is "generic" except for W8A8 dense layers and convs without groups:
+inside the kernel their uint8 activation becomes int8 (x - 128, zero point zp - 128), the reduction leaves
+the zero point out (``acc += x * w``: int8 x int8 -> int32, what int8 tensor cores and ``dp4a`` compute),
+and ``(zp - 128) * sum(w)`` per output channel is subtracted after it (`kernels.quantized.zero_point_offsets`).
 Layers at FP16 cast their operands to float16 and accumulate in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
 simulator quantizes them.
 """
@@ -218,17 +219,18 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
     # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
     a16 = vnni and encs[0].dtype == "int16" and avx2.supports_a16(wl)
 
-    # cuda: 8-bit GEMMs with the zero point out of the reduction (the dp4a form; see the module docstring)
-    dp4a_form = (kernels == "cuda" and cand.weight_bits == 8 and encs[0].dtype == "uint8"
-                 and layer.op_type in ("conv2d", "linear") and (layer.op_type == "linear" or wl.groups == 1))
+    # cuda: 8-bit GEMMs as int8 x int8 sums with the zero point out of the reduction (see the module docstring)
+    s8_form = (kernels == "cuda" and cand.weight_bits == 8 and encs[0].dtype == "uint8"
+               and layer.op_type in ("conv2d", "linear") and (layer.op_type == "linear" or wl.groups == 1))
+    zero_point = encs[0].zero_point - (128 if s8_form else 0)  # of the operand the reduction reads
 
     def quantized(x, enc, channel_shape=None):
         return x if inputs_quantized else emit_quantize(bb, x, enc, channel_shape)
 
     def minus_zero_point_offsets(acc, q, shape):
-        if not dp4a_form or not encs[0].zero_point:
+        if not s8_form or not zero_point:
             return acc
-        offsets = zero_point_offsets(q, encs[0].zero_point).reshape(shape)
+        offsets = zero_point_offsets(q, zero_point).reshape(shape)
         return bb.emit(relax.op.subtract(acc, relax.const(offsets)))
 
     if encs[0].channel_scale is not None:  # smoothing: the weight's input channels take the factors
@@ -246,7 +248,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                 data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
                 dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
                 kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
-                zero_point_in_reduction=not dp4a_form, primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
+                zero_point_in_reduction=not s8_form, int8_operand=s8_form, primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
             acc = minus_zero_point_offsets(acc, q, (1, -1, 1, 1))
         divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, -1, 1, 1)
@@ -266,7 +268,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=cand.acc_dtype, zero_point_in_reduction=not dp4a_form,
+                in_features=k, acc_dtype=cand.acc_dtype, zero_point_in_reduction=not s8_form, int8_operand=s8_form,
                 primfunc_name_hint=_tagged(tag, "qdense"),
             )
             acc = minus_zero_point_offsets(acc, q, (1, n))
