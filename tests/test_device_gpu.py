@@ -113,6 +113,32 @@ def test_output_check_tells_rounding_from_wrong(measure):
     assert not np.array_equal(first[0], measure.entry_arrays(dict(e, id="abd"), None)[0])
 
 
+def test_exported_torch_model_runs_without_its_weights(prepare, measure, tmp_path):
+    """The whole-model PyTorch baseline: the float model exported as ATen code plus placeholder shapes runs
+    in the measure script (no model package there). With the model's own parameters it reproduces the
+    model's output exactly; with the seeded random ones (what the device run times) it runs too."""
+    from tvm_mpq.models import load_model
+
+    spec = load_model("tiny_transformer")
+    entry = prepare.export_torch_model(spec, tmp_path)
+    assert {p["kind"] for p in entry["placeholders"]} >= {"parameter", "input"}
+    assert not (tmp_path / entry["values"]).stat().st_size > 1 << 20  # no weights in it
+    ep = torch.export.export(spec.module.eval(), tuple(spec.example_inputs))
+    params = {s.arg.name: ep.state_dict[s.target] for s in ep.graph_signature.input_specs
+              if s.kind.name == "PARAMETER"}
+    call, _ = measure.torch_model_forward(entry, tmp_path, "cpu", params=params)
+    with torch.no_grad():
+        (got,) = call() if isinstance(call(), (tuple, list)) else (call(),)
+        want = spec.module.eval()(*spec.example_inputs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    call, _ = measure.torch_model_forward(entry, tmp_path, "cpu")
+    with torch.no_grad():
+        out = call()
+    assert torch.isfinite(out[0] if isinstance(out, (tuple, list)) else out).all()
+    timings = measure.torch_model_baselines(entry, tmp_path, "cpu", repeat=2, min_repeat_ms=1)
+    assert timings["fp32"]["median_ms"] > 0 and "skipped" in timings["fp16_autocast"]
+
+
 def test_measure_records_import_into_store(measure, tmp_path):
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import kernels_id
@@ -330,7 +356,9 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
     assert results["models"][0]["tvm_ms"]["median"] > 0
     layer = [r for r in results["results"] if r["kind"] == "layer"][0]
     assert layer["torch_ms"]["fp32"] > 0
-    checks = [r["check"] for r in results["models"] + results["results"]]
+    (torch_item,) = [m for m in results["models"] if m["plan"] == "pytorch"]  # whole-model PyTorch baseline
+    assert torch_item["torch_ms"]["fp32"]["median_ms"] > 0
+    checks = [r["check"] for r in results["models"] + results["results"] if "check" in r]  # TVM libraries
     assert [c["ok"] for c in checks] == [True, True, False, True], checks
     assert checks[2]["sqnr_db"] < 0 and results["results"][1].get("wrong_output")
     assert all(float(c["sqnr_db"]) > 60 for c in checks if c["ok"]), checks  # x86 kernels vs generic LLVM

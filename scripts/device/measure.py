@@ -11,8 +11,8 @@ Writes to `--out`:
 - `measurements.jsonl`: the measurement store's export format (`tvm_mpq.store`: a header line, then one
   record per line), layer/convert tasks and whole models; `tvm-mpq store import` reads it. A record's
   `meta.torch` holds the PyTorch timings of its workload (never the record's own times).
-- `models.json`: whole-model timings per model and plan (no whole-model PyTorch run: the float models are
-  not carried; the PyTorch baselines are per workload).
+- `models.json`: whole-model timings per model and plan, and the whole-model PyTorch baselines (plan
+  "pytorch": the float model exported as ATen code without its weights, `torch_model_baselines`).
 - `results.json`: everything, including failures, skipped items, the run's settings and each item's output
   check: its output against the reference `prepare.py` computed on the CPU from the same seeded inputs and
   weights (`compare`). A timing whose output disagrees goes to `wrong_output.jsonl` instead of the store file.
@@ -313,6 +313,58 @@ def torch_baselines(workload: dict, device_type: str, repeat: int, min_repeat_ms
     return out
 
 
+def torch_model_forward(entry: dict, folder: Path, device_type: str, params: dict | None = None):
+    """(call, args) of a float model exported by `prepare.export_torch_model`: its ATen code executed with
+    every `device(...)` it names mapped to this run's device; parameters seeded random N(0, 0.05) (timing does
+    not depend on them) unless `params` ({placeholder name: tensor}) gives them; buffers, constants and
+    inputs their saved values."""
+    import torch
+
+    dev = torch.device(device_type)
+    namespace = {"torch": torch, "device": lambda *a, **k: dev, "inf": math.inf, "nan": math.nan}
+    code_path = Path(folder) / entry["code"]
+    exec(compile(code_path.read_text(), str(code_path), "exec"), namespace)  # noqa: S102 - our own export
+    forward = namespace["forward"]
+    values = np.load(Path(folder) / entry["values"], allow_pickle=False)
+    gen = torch.Generator().manual_seed(int(hashlib.sha256(entry["model"].encode()).hexdigest()[:8], 16))
+    args = []
+    for p in entry["placeholders"]:
+        if p["kind"] == "parameter":
+            t = params[p["name"]] if params is not None else torch.randn(p["shape"], generator=gen) * 0.05
+            t = t.to(getattr(torch, p["dtype"]))
+        else:
+            t = torch.from_numpy(np.array(values[p["name"]]))
+        args.append(t.to(dev))
+    return (lambda: forward(None, *args)), args
+
+
+def torch_model_baselines(entry: dict, folder: Path, device_type: str, repeat: int, min_repeat_ms: int) -> dict:
+    """Whole-model PyTorch timings of an exported float model, eager under `torch.no_grad`: fp32 (TF32 off)
+    and, on CUDA, fp16 under `torch.autocast` (convs and matmuls in fp16 on tensor cores). Same result
+    format as `torch_baselines`."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    call, _ = torch_model_forward(entry, folder, device_type)
+    out: dict = {}
+    variants = [("fp32", None)] + ([("fp16_autocast", torch.float16)] if device_type == "cuda" else [])
+    for name, dtype in variants:
+        def run(dtype=dtype):
+            with torch.no_grad(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return call()
+        try:
+            per, number = time_callable(run, device_type, repeat, min_repeat_ms)
+            out[name] = {"median_ms": float(np.median(per)), "per_repeat_ms": per, "number": number,
+                         "op": f"torch eager {name} (exported ATen graph)"}
+        except Exception as err:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+            out[name] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
+    if device_type != "cuda":
+        out["fp16_autocast"] = {"skipped": "fp16 baselines are timed on CUDA only"}
+    return out
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -341,13 +393,15 @@ def estimate_seconds(manifest: dict, number: int, repeat: int, min_repeat_ms: in
                      torch_baselines_on: bool = True, load_s: float = 0.15) -> float:
     """Seconds a run should take, from the settings alone (not a measurement): per library `load_s` plus
     `repeat` repeats of at least `min_repeat_ms` (a fast kernel) and one calibration pass; per layer
-    workload the same for each PyTorch baseline (fp16, fp32, and int8 for linear)."""
+    workload the same for each PyTorch baseline (fp16, fp32, and int8 for linear), and two per exported
+    float model (fp32, fp16)."""
     per_timing = (repeat + 1) * max(min_repeat_ms, 1) / 1e3
     items = len(manifest["tasks"]) + len(manifest["models"])
     total = items * (load_s + per_timing)
     if torch_baselines_on:
         workloads = {t["workload"]: t["op"] for t in manifest["tasks"] if t["kind"] == "layer"}
         total += sum((3 if op == "linear" else 2) * per_timing for op in workloads.values())
+        total += 2 * per_timing * len(manifest.get("torch_models", []))
     return total
 
 
@@ -463,6 +517,23 @@ def run(folder: Path, out: Path, *, bundle: Path | None = None, device_type: str
         except Exception as err:  # noqa: BLE001
             item["error"] = f"{type(err).__name__}: {err}"[:2000]
             log(f"model {entry['model']} {entry['plan']}: FAILED {item['error'][:200]}")
+        models.append(item)
+        flush()
+
+    # whole-model PyTorch baselines of the same models, right after the TVM libraries
+    for entry in manifest.get("torch_models", []) if torch_baselines_on else []:
+        if over_budget():
+            skipped.append(f"model {entry['model']} pytorch")
+            continue
+        item = {"model": entry["model"], "plan": "pytorch"}
+        try:
+            item["torch_ms"] = torch_model_baselines(entry, folder, device_type, repeat, min_repeat_ms)
+            log(f"model {entry['model']} pytorch: " + ", ".join(
+                f"{k} {v['median_ms']:.3f} ms" if "median_ms" in v else f"{k} skipped"
+                for k, v in item["torch_ms"].items()))
+        except Exception as err:  # noqa: BLE001
+            item["error"] = f"{type(err).__name__}: {err}"[:2000]
+            log(f"model {entry['model']} pytorch: FAILED {item['error'][:200]}")
         models.append(item)
         flush()
 

@@ -8,6 +8,7 @@ list) and each whole model at FP16, W8A8 and a mixed plan. Writes a folder for `
     DIR/models/<m>.<p>.so   one per model and plan, its example inputs in DIR/models/<m>.<p>.input<i>.npy
     DIR/kernels/<sha>.fatbin  the CUDA kernels of every library, compiled here with nvcc
     DIR/references/<key>.npy  a sample of each library's output computed on this CPU (`make_reference`)
+    DIR/models/<m>.torch.py   the float model as ATen code for the PyTorch whole-model baseline (`export_torch_model`)
 
 Resumable: a task or model whose library and entry (`<lib>.json`) exist is not rebuilt.
 
@@ -177,6 +178,41 @@ def mixed_plan_layers(graph, profile) -> dict[str, str]:
     return layers
 
 
+def export_torch_model(spec, out: Path) -> dict:
+    """The float model for the measure script's whole-model PyTorch baseline, without its weights:
+    `torch.export`'s ATen graph as Python code (DIR/models/<m>.torch.py), its placeholders in call order
+    with shapes and dtypes (parameters get seeded random values there, like the TVM libraries' weights),
+    and the values of its buffers, constants and inputs, which are small and which the graph depends on
+    (batch-norm statistics, position ids) in DIR/models/<m>.torch.npz. Returns the manifest entry."""
+    import torch
+    from torch.export.graph_signature import InputKind
+
+    code_path = out / "models" / f"{spec.name}.torch.py"
+    values_path = code_path.with_suffix(".npz")
+    ep = torch.export.export(spec.module.eval(), tuple(spec.example_inputs))
+    named = {**dict(ep.named_buffers()), **dict(ep.constants)}
+    placeholders, values, user = [], {}, iter(spec.example_inputs)
+    for input_spec in ep.graph_signature.input_specs:
+        name = input_spec.arg.name
+        if input_spec.kind == InputKind.PARAMETER:
+            tensor, kind = ep.state_dict[input_spec.target], "parameter"
+        elif input_spec.kind == InputKind.USER_INPUT:
+            tensor, kind = next(user), "input"
+        elif input_spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            tensor, kind = named[input_spec.target], "value"
+        else:
+            raise ValueError(f"{spec.name}: unsupported exported input {input_spec.kind} ({name})")
+        placeholders.append({"name": name, "kind": kind, "shape": [int(v) for v in tensor.shape],
+                             "dtype": str(tensor.dtype).replace("torch.", "")})
+        if kind != "parameter":
+            values[name] = tensor.detach().cpu().numpy()
+    code_path.parent.mkdir(parents=True, exist_ok=True)
+    code_path.write_text(ep.graph_module.code)
+    np.savez(values_path, **values)
+    return {"model": spec.name, "code": str(code_path.relative_to(out)), "values": str(values_path.relative_to(out)),
+            "placeholders": placeholders}
+
+
 def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, references: bool = True,
                   log=print) -> tuple[list, list]:
     """Compile `spec` at each plan (and its reference output, `make_reference`); returns (entries, failures)."""
@@ -266,13 +302,17 @@ def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks
     log(f"{len(all_tasks)} tasks for {', '.join(model_names)} on {profile.name}")
     task_entries, failed = prepare_tasks(all_tasks, target, out, models_of=models_of, references=references,
                                          log=log)
-    model_entries = []
+    model_entries, torch_models = [], []
     for spec in specs:
         if plans:
             e, f = prepare_model(spec, profile, plans, out, calib_samples=calib_samples, references=references,
                                  log=log)
             model_entries += e
             failed += f
+            try:
+                torch_models.append(export_torch_model(spec, out))
+            except Exception as err:  # noqa: BLE001 - the TVM libraries are still timed
+                failed.append({"model": spec.name, "plan": "torch", "error": f"{type(err).__name__}: {err}"[:2000]})
     from tvm_mpq.kernels import kernels_id
 
     manifest = {
@@ -280,7 +320,7 @@ def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks
         "kernels": kernels_id(target),
         "target": dict(profile.target), "device_type": "cuda" if target.kind.name == "cuda" else "cpu",
         "measure": profile.measure.to_dict(), "tvm": tvm.__version__, "created_at": time.time(),
-        "tasks": task_entries, "models": model_entries, "failed": failed,
+        "tasks": task_entries, "models": model_entries, "torch_models": torch_models, "failed": failed,
     }
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))

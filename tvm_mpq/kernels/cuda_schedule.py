@@ -3,12 +3,15 @@
 The TE kernels that `emit_layer` produces (`kernels/quantized.py`) carry no schedule; on a CUDA target
 every PrimFunc is scheduled here at build time with dlight rules, tried in order:
 
-1. `IntegerMatmulDP4A` (ours): an 8-bit GEMM in the form ``acc += x * w`` (uint8 activations, int8
-   weights, int32 accumulator: what the "cuda" kernel library emits for W8A8 dense layers and convs, the
-   zero point subtracted after the reduction). Normalized to C[b, i, j] += A[b, i, k] * B[b, j, k] as dlight
-   does, tiled over thread blocks with a 4x4 register micro-tile per thread, A and B staged in shared
-   memory K-major, and the innermost 4 of K tensorized with TVM's ``dp4a`` intrinsic (four byte products
-   and the add in one instruction, sm_61 and later).
+1. `IntegerMatmulTensorCore` (ours): an int8 x int8 -> int32 GEMM in the form ``acc += x * w`` (what the
+   "cuda" kernel library emits for W8A8 dense layers and convs: the uint8 activation moved to int8 inside
+   the kernel, the zero point subtracted after the reduction) whose M, N and K all exceed 64: dlight's
+   int8 WMMA schedule (`MatmulInt8Tensorization`) without its software pipelining, which TVM 0.27 cannot
+   lower for WMMA fragments.
+   `IntegerMatmulDP4A` (ours): the same GEMMs below that size. Normalized to C[b, i, j] += A[b, i, k] *
+   B[b, j, k] as dlight does, tiled over thread blocks with a 4x4 register micro-tile per thread, A and B
+   staged in shared memory K-major, and the innermost 4 of K tensorized with TVM's ``dp4a`` intrinsic
+   (four byte products and the add in one instruction, sm_61 and later).
 2. `IntegerMatmul` (ours): any other matmul-like reduction with integer operands and an integer accumulator
    (`qdense`, `qbatch_matmul`, `qconv2d_nchw` as an implicit GEMM; W8A8 and W4A16). It is dlight's
    `Matmul` SIMT schedule (shared-memory tiles, a register micro-tile per thread) with the tensor-core
