@@ -383,6 +383,35 @@ def test_prepare_and_measure_on_cpu_with_runtime_bundle(prepare, tmp_path):
         assert any(e.source == MEASURED for row in table.layers.values() for e in row.values())
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_searched_gpu_plan_is_prepared_for_the_device(prepare, tmp_path, capsys):
+    """The step after a GPU measurement: `tvm-mpq search --hw cuda_sm90` (here on the roofline, as no GPU
+    timings are stored) writes a plan, and `prepare.py --plan-file searched=plan.yaml` cross-compiles the
+    model at it, with its reference output, for a second device run."""
+    from tvm_mpq.cli import main
+    from tvm_mpq.plan import Plan
+
+    search = tmp_path / "search"
+    assert main(["search", "--model", "tiny_cnn", "--hw", "cuda_sm90", "--min-sqnr", "30", "--measure", "0",
+                 "--calib-samples", "8", "--eval-samples", "4", "--store", str(tmp_path / "store.sqlite"),
+                 "--out", str(search)]) == 0
+    searched = Plan.load(search / "plan.yaml")
+    assert searched.model == "tiny_cnn" and searched.profile == "cuda_sm90"
+    with pytest.raises(SystemExit, match="not in --models"):
+        prepare.prepare(tmp_path / "p0", ["tiny_transformer"], "cuda_sm90", (), tasks=False,
+                        plan_files={"searched": search / "plan.yaml"}, log=lambda s: None)
+    manifest = prepare.prepare(tmp_path / "prepared", ["tiny_cnn"], "cuda_sm90", ("w8a8",), tasks=False,
+                               calib_samples=4, plan_files={"searched": search / "plan.yaml"}, log=lambda s: None)
+    assert manifest["failed"] == [] and manifest["kernels"].startswith("cuda/")
+    by_plan = {e["plan"]: e for e in manifest["models"]}
+    assert set(by_plan) == {"w8a8", "searched"}
+    assert by_plan["searched"]["layers"] == dict(searched.layers)
+    assert by_plan["searched"]["reference"]["points"] > 0 and by_plan["searched"]["kernels"]
+    assert "IntegerMatmulDP4A" in {r.split(" (")[0] for r in by_plan["w8a8"]["schedule"].values()}
+    assert manifest["torch_models"][0]["model"] == "tiny_cnn"
+
+
 def test_measure_stops_when_the_first_items_fail(measure, tmp_path, monkeypatch):
     import tvm  # noqa: F401 - the full TVM of this process (run() would import a runtime-only one first)
 

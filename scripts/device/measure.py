@@ -424,12 +424,13 @@ def _write(path: Path, text: str) -> None:
 
 def model_key(entry: dict) -> tuple[str, str]:
     """(workload, candidate) of a whole-model record: the model and its input shapes; the plan name, with a
-    hash of the per-layer choices for the mixed plan."""
+    hash of the per-layer choices for plans that are not homogeneous (mixed, plan files)."""
     workload = json.dumps({"model": entry["model"], "inputs": [[i["shape"], i["dtype"]] for i in entry["inputs"]]},
                           separators=(",", ":"))
     plan = entry["plan"].upper()
-    if entry["plan"] == "mixed":
-        plan = "mixed:" + hashlib.sha256(json.dumps(entry["layers"], sort_keys=True).encode()).hexdigest()[:12]
+    if len(set(entry.get("layers", {}).values())) > 1 or entry["plan"] == "mixed":
+        choices = json.dumps(entry["layers"], sort_keys=True).encode()
+        plan = f"{entry['plan']}:{hashlib.sha256(choices).hexdigest()[:12]}"
     return workload, plan
 
 

@@ -213,9 +213,20 @@ def export_torch_model(spec, out: Path) -> dict:
             "placeholders": placeholders}
 
 
+def plan_files_for(model: str, plan_files: dict | None) -> dict[str, Path]:
+    """{plan name: path} of the plan files (`--plan-file NAME=PATH`) written for `model` (their `model:`)."""
+    from tvm_mpq.plan import Plan
+
+    return {name: Path(path) for name, path in (plan_files or {}).items() if Plan.load(path).model == model}
+
+
 def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, references: bool = True,
-                  log=print) -> tuple[list, list]:
-    """Compile `spec` at each plan (and its reference output, `make_reference`); returns (entries, failures)."""
+                  plan_files: dict | None = None, log=print) -> tuple[list, list]:
+    """Compile `spec` at each plan, and at each of `plan_files` ({name: plan YAML}, e.g. a `tvm-mpq search`
+    result) written for it (and each library's reference output, `make_reference`); returns (entries,
+    failures)."""
+    files = plan_files_for(spec.name, plan_files)
+    plans = list(plans) + [name for name in files if name not in plans]
     from tvm_mpq.build import lower
     from tvm_mpq.frontend import import_model
     from tvm_mpq.kernels import kernel_library
@@ -243,7 +254,8 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, re
         if entry is None or (references and "reference" not in entry):
             start = time.perf_counter()
             try:
-                draft = Plan(mixed_plan_layers(imported.graph, profile)) if plan == "mixed" else plan
+                draft = (Plan(mixed_plan_layers(imported.graph, profile)) if plan == "mixed"
+                         else files.get(plan, plan))
                 resolved = make_plan(draft, imported, profile, stats, "minmax", spec.name)
                 mod = lower(imported, resolved, kernel_library(target))
                 executable, extra = compile_for(mod, target, out / "kernels")
@@ -273,7 +285,8 @@ def prepare_model(spec, profile, plans, out: Path, *, calib_samples: int = 8, re
 
 
 def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks: bool = True,
-            limit: int | None = None, calib_samples: int = 8, references: bool = True, log=print) -> dict:
+            limit: int | None = None, calib_samples: int = 8, references: bool = True,
+            plan_files: dict | None = None, log=print) -> dict:
     """Everything into `out`; returns the manifest (also written to out/manifest.json)."""
     import tvm
 
@@ -281,12 +294,18 @@ def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.measure.tasks import model_tasks
     from tvm_mpq.models import load_model
+    from tvm_mpq.plan import Plan
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     profile = load_profile(hw)
     target = profile.tvm_target()
     specs = [load_model(n) for n in model_names]
+    for name, path in (plan_files or {}).items():
+        written_for = Plan.load(path).model
+        if written_for not in model_names:
+            raise SystemExit(f"plan file {name}={path} is for model {written_for!r}, which is not in --models "
+                             f"({', '.join(model_names)}); add it or drop the plan file")
     all_tasks, models_of = [], {}
     if tasks:
         for spec in specs:
@@ -306,7 +325,7 @@ def prepare(out: Path, model_names, hw: str = "cuda_sm90", plans=PLANS, *, tasks
     for spec in specs:
         if plans:
             e, f = prepare_model(spec, profile, plans, out, calib_samples=calib_samples, references=references,
-                                 log=log)
+                                 plan_files=plan_files, log=log)
             model_entries += e
             failed += f
             try:
@@ -334,14 +353,25 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "minilm_l6"])
     ap.add_argument("--hw", default="cuda_sm90")
     ap.add_argument("--plans", nargs="*", default=list(PLANS), choices=PLANS)
+    ap.add_argument("--plan-file", action="append", default=[], metavar="NAME=PATH",
+                    help="also compile the model a plan YAML names (its `model:`) at that plan, under NAME, e.g. "
+                         "searched=out/gpu/search_minilm/plan.yaml from `tvm-mpq search --hw cuda_sm90`")
     ap.add_argument("--no-tasks", action="store_true", help="whole models only")
     ap.add_argument("--limit", type=int, help="first N tasks only")
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--no-references", action="store_true",
                     help="skip the CPU reference outputs the measure script checks the device's against")
     args = ap.parse_args(argv)
+    plan_files = {}
+    for item in args.plan_file:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            ap.error(f"--plan-file {item!r}: expected NAME=PATH of an existing plan YAML")
+        if name in PLANS:
+            ap.error(f"--plan-file {item!r}: {name!r} is a built-in plan name; pick another")
+        plan_files[name] = path
     m = prepare(args.out, args.models, args.hw, tuple(args.plans), tasks=not args.no_tasks, limit=args.limit,
-                calib_samples=args.calib_samples, references=not args.no_references,
+                calib_samples=args.calib_samples, references=not args.no_references, plan_files=plan_files,
                 log=lambda s: print(s, flush=True))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(json.dumps({"tasks": len(m["tasks"]), "models": len(m["models"]), "failed": m["failed"],
