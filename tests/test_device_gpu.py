@@ -450,3 +450,7 @@ def test_compile_for_cuda_without_a_gpu_exports_without_running(tmp_path):
     assert summary["candidate_counts"] == {"FP16": 6}
     assert (tmp_path / "model.so").stat().st_size > 0 and (tmp_path / "plan.yaml").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["executed"] is False
+    if shutil.which("nvcc"):  # the kernels a runtime-only GPU host cannot compile, compiled here
+        assert summary["artifacts"]["kernels"] == str(tmp_path / "kernels")
+        built = list((tmp_path / "kernels").glob("*.fatbin"))
+        assert built and all(len(p.stem) == 64 and p.read_bytes()[:4] == b"\x50\xed\x55\xba" for p in built)

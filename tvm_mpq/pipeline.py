@@ -190,5 +190,30 @@ def _export_only(compiled, resolved, spec, profile, plan, out, timings, t0, log)
         compiled.export_library(out / "model.so")
         resolved.save(out / "plan.yaml")
         summary["artifacts"] = {"library": str(out / "model.so"), "plan": str(out / "plan.yaml")}
+        kernels = _cross_compile_gpu_kernels(compiled, profile, out, log)
+        if kernels:
+            summary["artifacts"]["kernels"] = kernels
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _cross_compile_gpu_kernels(compiled, profile, out: Path, log) -> Optional[str]:
+    """For a CUDA target: the library's kernels compiled here with nvcc into out/kernels (a GPU host with
+    only the TVM runtime has no compiler to build them when loading the library); the folder, or None."""
+    import shutil
+
+    from .kernels import cuda_schedule
+
+    target = profile.tvm_target()
+    if not cuda_schedule.is_gpu_target(target):
+        return None
+    if shutil.which("nvcc") is None:
+        log("nvcc not found: model.so carries CUDA source, which the GPU host compiles when it loads the "
+            "library (needs nvcc or NVRTC there)")
+        return None
+    folder = out / "kernels"
+    keys = cuda_schedule.cross_compile_kernels(compiled.executable, target, folder)
+    log(f"{len(keys)} CUDA module(s) compiled for {target.attrs['arch']} into {folder}: on the GPU host call "
+        f"tvm_mpq.kernels.cuda_schedule.register_kernel_dir('{folder.name}') (or scripts/device/measure.py's "
+        f"kernel_lookup) before loading model.so")
+    return str(folder)
