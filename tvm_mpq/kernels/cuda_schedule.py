@@ -95,23 +95,13 @@ def _rules():
         tile_k = 32  # K elements (bytes) staged in shared memory per step
 
         def apply(self, func, target, tunable):
-            from tvm import s_tir, tirx
             from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
             from tvm.s_tir.tensor_intrin import dot_product_common as dp
 
-            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            found = _int8_gemm(self, func, target, min_sm=61)
+            if found is None:
                 return None
-            arch = str(target.attrs.get("arch", ""))
-            if not arch.startswith("sm_") or int(arch[3:].rstrip("a")) < 61:
-                return None
-            sch = s_tir.Schedule(func)
-            blocks = get_reduction_blocks(sch, sch.get_child_blocks(_root(sch)))
-            if not blocks:
-                return None
-            main = blocks[0]
-            operands = _dp4a_operands(sch.get(main))
-            if operands is None or get_index_map(sch.get(main)) is None:
-                return None
+            sch, main, operands = found
             intrin = {("int8", "int8"): dp.DP4A_S8S8S32_INTRIN, ("uint8", "int8"): dp.DP4A_U8S8S32_INTRIN,
                       ("int8", "uint8"): dp.DP4A_S8U8S32_INTRIN}[operands]
 
@@ -171,19 +161,13 @@ def _rules():
         min_extent = 64  # dlight's threshold for tensor cores: below it the 128x128 tile is mostly padding
 
         def apply(self, func, target, tunable):
-            from tvm import s_tir, tirx
             from tvm.s_tir.dlight.gpu.matmul import MatmulInt8Tensorization
 
-            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            found = _int8_gemm(self, func, target, min_sm=75)
+            if found is None or found[2] != ("int8", "int8"):
                 return None
-            arch = str(target.attrs.get("arch", ""))
-            if not arch.startswith("sm_") or int(arch[3:].rstrip("a")) < 75:
-                return None
-            probe = s_tir.Schedule(func)
-            blocks = get_reduction_blocks(probe, probe.get_child_blocks(_root(probe)))
-            if not blocks or _dp4a_operands(probe.get(blocks[0])) != ("int8", "int8"):
-                return None
-            extents = _gemm_extents(probe, blocks[0])
+            probe, main, _ = found
+            extents = _gemm_extents(probe, main)
             if extents is None or min(extents) <= self.min_extent:
                 return None
             sch = MatmulInt8Tensorization().apply(func, target, tunable)
@@ -200,6 +184,27 @@ def _rules():
         IntegerMatmulTensorCore(), IntegerMatmulDP4A(), IntegerMatmul(), dl.gpu.Matmul(), dl.gpu.GEMV(),
         dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
     ]
+
+
+def _int8_gemm(rule, func, target, min_sm: int):
+    """(schedule, its reduction block, operand dtypes) when `func` is one 8-bit GEMM in the form
+    `_dp4a_operands` accepts and `target` is a CUDA arch of at least sm_`min_sm`, else None."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
+
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    arch = str(target.attrs.get("arch", ""))
+    if not arch.startswith("sm_") or int(arch[3:].rstrip("a")) < min_sm:
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = get_reduction_blocks(sch, sch.get_child_blocks(_root(sch)))
+    if not blocks:
+        return None
+    operands = _dp4a_operands(sch.get(blocks[0]))
+    if operands is None or get_index_map(sch.get(blocks[0])) is None:
+        return None
+    return sch, blocks[0], operands
 
 
 def _all_blocks(sch, parent) -> list:
