@@ -366,27 +366,36 @@ def lift_constants(params: list, min_elements: int = 4096):
     return _pass
 
 
-def gpu_pipeline(target, log: Optional[dict] = None, lifted: Optional[list] = None):
-    """TVM's CUDA Relax pipeline with this module's schedule rules; with `lifted` (a list), weights become
-    parameters (see `lift_constants`) and their (shape, dtype) are appended to it."""
+def _relax_pipeline(target, backend, lifted: Optional[list], schedule=None, name: str = "TvmMpqPipeline"):
+    """A backend's (TVM's cuda or cpu_generic) Relax pipeline with its legalization replaced: legalize, fold
+    constants, lift weights to parameters (with `lifted`, see `lift_constants`), fuse, then `schedule` (a
+    pass, or none). The GPU build and its CPU reference share it, so they lift the same weights in the same
+    order."""
     import tvm
     from tvm import relax
-    from tvm.relax.backend.cuda import pipeline as cuda
 
     legalize = [
         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
         *([lift_constants(lifted)] if lifted is not None else []),
-        relax.transform.FuseOps(), relax.transform.FuseTIR(), _apply_schedule(log),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), *([schedule] if schedule is not None else []),
     ]
 
-    @tvm.transform.module_pass(opt_level=0, name="TvmMpqCudaPipeline")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                cuda.library_dispatch_passes(target) + legalize + cuda.dataflow_lower_passes(target)
-                + cuda.finalize_passes(target))(mod)
+                backend.library_dispatch_passes(target) + legalize + backend.dataflow_lower_passes(target)
+                + backend.finalize_passes(target))(mod)
 
     return _pipeline
+
+
+def gpu_pipeline(target, log: Optional[dict] = None, lifted: Optional[list] = None):
+    """TVM's CUDA Relax pipeline with this module's schedule rules; with `lifted` (a list), weights become
+    parameters (see `lift_constants`) and their (shape, dtype) are appended to it."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    return _relax_pipeline(target, cuda, lifted, _apply_schedule(log), "TvmMpqCudaPipeline")
 
 
 def compile_reference(mod, lifted: Optional[list] = None, target=None):
@@ -395,24 +404,11 @@ def compile_reference(mod, lifted: Optional[list] = None, target=None):
     weights become parameters exactly as `gpu_pipeline` lifts them (the same passes before the lift, so the
     same parameters in the same order); their (shape, dtype) are appended to it."""
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     target = target if target is not None else tvm.target.Target({"kind": "llvm"})
-    legalize = [
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-        *([lift_constants(lifted)] if lifted is not None else []),
-        relax.transform.FuseOps(), relax.transform.FuseTIR(),
-    ]
-
-    @tvm.transform.module_pass(opt_level=0, name="TvmMpqCpuReferencePipeline")
-    def _pipeline(mod, _ctx):
-        with target:
-            return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target) + legalize + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target))(mod)
-
-    return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+    return tvm.compile(mod, target=target,
+                       relax_pipeline=_relax_pipeline(target, cpu, lifted, name="TvmMpqCpuReferencePipeline"))
 
 
 def compile_relax(mod, target, log: Optional[dict] = None, lifted: Optional[list] = None):
