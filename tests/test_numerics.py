@@ -88,3 +88,28 @@ def test_candidates():
     assert numerics.get_candidate("W8A16").acc_dtype == "int64"
     with pytest.raises(ValueError, match="known: FP32"):
         numerics.get_candidate("W3A3")
+
+
+def test_accumulator_is_int32_exactly_where_no_sum_can_overflow():
+    """16-bit activations accumulate in int32 where sum_k |w[o, k]| * max|x - zp| stays within int32 for every
+    output channel, checked against the worst-case sum NumPy forms in int64."""
+    w8a16, w4a16, w8a8 = (numerics.get_candidate(n) for n in ("W8A16", "W4A16", "W8A8"))
+    enc = numerics.encoding_from_range(-1.0, 3.0, 16)  # zero point inside the range: reach = qmax - zp
+    reach = max(enc.qmax - enc.zero_point, enc.zero_point - enc.qmin)
+    assert reach > 32767
+    depthwise = np.full((32, 1, 5, 5), 127, np.int8)  # 25 * 127 * reach = 2.1e8
+    assert numerics.accumulator_dtype(w8a16, depthwise, enc) == "int32"
+    for k in (200, 257, 258, 4000):  # full-scale weights: int32 holds up to 2^31 - 1 // (127 * reach) terms
+        q = np.full((3, k), -127, np.int8)
+        worst = int(np.abs(q.astype(np.int64)).sum(axis=1).max()) * reach
+        assert (numerics.accumulator_dtype(w8a16, q, enc) == "int32") == (worst <= 2**31 - 1)
+    limit8, limit4 = (2**31 - 1) // (127 * reach), (2**31 - 1) // (7 * reach)  # full-scale terms int32 holds
+    assert numerics.accumulator_dtype(w8a16, np.full((3, limit8), 127, np.int8), enc) == "int32"
+    assert numerics.accumulator_dtype(w8a16, np.full((3, limit8 + 1), 127, np.int8), enc) == "int64"
+    sparse = np.zeros((3, 4000), np.int8)
+    sparse[:, :100] = 127  # what bounds the sum is the weights, not K
+    assert numerics.accumulator_dtype(w8a16, sparse, enc) == "int32"
+    assert numerics.accumulator_dtype(w4a16, np.full((8, limit4), 7, np.int8), enc) == "int32"
+    assert numerics.accumulator_dtype(w4a16, np.full((8, limit4 + 1), -7, np.int8), enc) == "int64"
+    assert numerics.accumulator_dtype(w8a8, np.full((3, 10**5), 127, np.int8),
+                                      numerics.encoding_from_range(0, 1, 8)) == "int32"  # 8-bit: always int32

@@ -275,3 +275,34 @@ def test_16_bit_activations_run_on_the_vnni_gemm_in_two_byte_planes(x86_profile)
     compiled = build(imported, plan, profile.tvm_target(), kernels="x86_avx512_vnni")
     y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in evals])
     np.testing.assert_array_equal(y_tvm, y_sim)
+
+
+@pytest.mark.parametrize("kernels", ["generic", "x86_avx2"])
+def test_16_bit_activations_accumulate_in_int32_where_exact(kernels, x86_profile):
+    """With every layer W8A16, the generic kernels accumulate in int32 wherever the weights bound every sum
+    within it (`numerics.accumulator_dtype`: the depthwise conv here), int64 elsewhere, and the compiled
+    model still returns exactly the simulator's floats."""
+    from tvm import tirx
+
+    from tvm_mpq.kernels import host_runs
+
+    if not host_runs(kernels):
+        pytest.skip(f"this CPU cannot run the {kernels} kernels")
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(1, 3, 32, 32, generator=gen),) for _ in range(20)]
+    imported = import_model(_InvertedResidual().eval(), data[0])
+    sim = Simulator(imported)
+    plan = make_plan("w8a16", imported, x86_profile, sim.calibrate(data[:16]), "minmax")
+    mod = lower(imported, plan, kernels=kernels)
+    acc = {}  # each integer conv's accumulator: the dtype of its output buffer, the last in its signature
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and "qconv2d" in gvar.name_hint:
+            (signature,) = [line for line in func.script().splitlines() if line.strip().startswith("def main(")]
+            acc[gvar.name_hint] = signature.rsplit('"', 2)[1]
+    # here every conv fits (the largest sum has 48 terms): 16-bit activations, int32 sums
+    assert len(acc) == 4 and set(acc.values()) == {"int32"}, acc
+    sim.configure_plan(plan)
+    y_sim = sim.run(data[16:])
+    compiled = build(imported, plan, x86_profile.tvm_target(), kernels=kernels)
+    y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in data[16:]])
+    np.testing.assert_array_equal(y_tvm, y_sim)

@@ -206,6 +206,22 @@ def act_dtype(bits: int) -> str:
     raise ValueError(f"activation bits must be 8 or 16, got {bits}")
 
 
+INT32_MAX = 2**31 - 1
+
+
+def accumulator_dtype(cand: "Candidate", q: np.ndarray, enc: "ActEncoding") -> str:
+    """The narrowest exact accumulator of a layer with integer weights `q` ([O, ...]) and input encoding
+    `enc`: int32 wherever no sum can leave its range, sum_k |q[o, k]| * max|x - zp| <= 2^31 - 1 for every
+    output channel o (padded conv positions hold the zero point and add 0), else the candidate's own
+    (int64 for 16-bit activations). Depthwise and small-K 16-bit layers fit: 25 terms of 65535 * 127 are
+    2.1e8. The sums are the same integers either way."""
+    if cand.acc_dtype == "int32":
+        return "int32"
+    reach = max(enc.qmax - enc.zero_point, enc.zero_point - enc.qmin)
+    worst = int(np.abs(np.asarray(q, np.int64)).reshape(len(q), -1).sum(axis=1).max(initial=0)) * int(reach)
+    return "int32" if worst <= INT32_MAX else cand.acc_dtype
+
+
 def act_qrange(bits: int) -> tuple[int, int]:
     if bits == 8:
         return 0, 255

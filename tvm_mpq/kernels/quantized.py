@@ -22,7 +22,8 @@ Zero-point handling
 - int4 weights arrive packed two per byte exactly as `numerics.pack_int4` stores them and are
   unpacked inside the reduction expression (shift, mask, subtract 8); no unpacked weight
   tensor is ever materialized.
-- Accumulation: int32 for 8-bit activations, int64 for 16-bit activations (`acc_dtype`).
+- Accumulation: `acc_dtype`, int32 for 8-bit activations; for 16-bit ones the lowering passes int32 where the
+  weights bound every sum within it (`numerics.accumulator_dtype`), else int64.
 """
 
 from __future__ import annotations

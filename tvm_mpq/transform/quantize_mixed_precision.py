@@ -247,7 +247,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
                 qconv2d_nchw, xq, w,
                 data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
                 dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
-                kernel_shape=tuple(wl.weight_shape), acc_dtype=cand.acc_dtype,
+                kernel_shape=tuple(wl.weight_shape), acc_dtype=numerics.accumulator_dtype(cand, q, encs[0]),
                 zero_point_in_reduction=not s8_form, int8_operand=s8_form, primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
             acc = minus_zero_point_offsets(acc, q, (1, -1, 1, 1))
@@ -268,7 +268,8 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=cand.acc_dtype, zero_point_in_reduction=not s8_form, int8_operand=s8_form,
+                in_features=k, acc_dtype=numerics.accumulator_dtype(cand, q, encs[0]),
+                zero_point_in_reduction=not s8_form, int8_operand=s8_form,
                 primfunc_name_hint=_tagged(tag, "qdense"),
             )
             acc = minus_zero_point_offsets(acc, q, (1, n))
