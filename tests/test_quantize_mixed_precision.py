@@ -250,8 +250,8 @@ def test_16_bit_activations_run_on_the_vnni_gemm_in_two_byte_planes(x86_profile)
     """W8A16 dense layers and 1x1 convs on the VNNI library: the int16 activations split into high and low
     byte planes, one register tile each in the u16s8 GEMM, combined in int64 as it stores (the requantize
     fused after it). The compiled model returns exactly the simulator's floats (whose 16-bit path
-    accumulates in double), activations at both ends of the int16 range included; the 3x3 stem and the
-    depthwise conv keep the generic int64 kernels."""
+    accumulates in double), activations at both ends of the int16 range included; the 3x3 stem keeps the
+    generic kernel, the depthwise conv runs on the uint8 depthwise kernel once per byte plane."""
     from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import host_runs
 
@@ -265,7 +265,8 @@ def test_16_bit_activations_run_on_the_vnni_gemm_in_two_byte_planes(x86_profile)
     mod = lower(imported, plan, kernels="x86_avx512_vnni")
     script = mod.script(show_meta=False)
     assert _calls(script, "avx512_vnni_gemm_a16") == 3  # expand, project, fc: one two-plane GEMM each
-    assert _calls(script, "qconv2d_nchw") == 2 and _calls(script, "qdense") == 0
+    assert _calls(script, "qconv2d_nchw") == 1 and _calls(script, "qdense") == 0
+    assert _calls(script, "avx512_vnni_depthwise") == 2  # the depthwise conv: high and low byte planes
     if not host_runs("x86_avx512_vnni"):
         pytest.skip("this CPU cannot run the x86_avx512_vnni kernels")
     # inputs past the calibrated range saturate every 16-bit quantizer at qmin / qmax somewhere
@@ -277,13 +278,15 @@ def test_16_bit_activations_run_on_the_vnni_gemm_in_two_byte_planes(x86_profile)
     np.testing.assert_array_equal(y_tvm, y_sim)
 
 
-@pytest.mark.parametrize("kernels", ["generic", "x86_avx2"])
+@pytest.mark.parametrize("kernels", ["generic", "x86_avx2", "x86_avx512_vnni"])
 def test_16_bit_activations_accumulate_in_int32_where_exact(kernels, x86_profile):
     """With every layer W8A16, the generic kernels accumulate in int32 wherever the weights bound every sum
-    within it (`numerics.accumulator_dtype`: the depthwise conv here), int64 elsewhere, and the compiled
-    model still returns exactly the simulator's floats."""
+    within it (`numerics.accumulator_dtype`), int64 elsewhere; the x86 libraries run the depthwise conv on
+    their uint8 depthwise kernel once per byte plane (`depthwise_a16`); and the compiled model still returns
+    exactly the simulator's floats."""
     from tvm import tirx
 
+    from tvm_mpq.hardware import load_profile
     from tvm_mpq.kernels import host_runs
 
     if not host_runs(kernels):
@@ -300,9 +303,15 @@ def test_16_bit_activations_accumulate_in_int32_where_exact(kernels, x86_profile
             (signature,) = [line for line in func.script().splitlines() if line.strip().startswith("def main(")]
             acc[gvar.name_hint] = signature.rsplit('"', 2)[1]
     # here every conv fits (the largest sum has 48 terms): 16-bit activations, int32 sums
-    assert len(acc) == 4 and set(acc.values()) == {"int32"}, acc
+    assert set(acc.values()) == {"int32"}, acc
+    names = {gvar.name_hint for gvar, _ in mod.functions_items()}
+    if kernels == "generic":
+        assert len(acc) == 4
+    else:  # the depthwise conv (layer 2) on the byte planes; x86_avx2 keeps the others generic, VNNI the stem
+        assert "mpqL2_qconv2d_nchw" not in acc and {"high_bytes", "low_bytes"} <= names, names
     sim.configure_plan(plan)
     y_sim = sim.run(data[16:])
-    compiled = build(imported, plan, x86_profile.tvm_target(), kernels=kernels)
+    target = load_profile("x86_avx512_vnni").tvm_target() if kernels == "x86_avx512_vnni" else x86_profile.tvm_target()
+    compiled = build(imported, plan, target, kernels=kernels)
     y_tvm = np.concatenate([compiled.run([s[0].numpy()]) for s in data[16:]])
     np.testing.assert_array_equal(y_tvm, y_sim)

@@ -66,9 +66,10 @@ def host_runs(library: str) -> bool:
 # x86_avx512_vnni 7: dense layers and 1x1 convs with 16-bit activations on the u8s8 GEMM, in two byte planes
 # x86_avx512_vnni 8: both planes in one "u16s8" GEMM (two register tiles, int64 combine and epilogue at the store)
 # cuda 1: the generic computes on dlight schedules; W8A8 dense layers and convs as int8 x int8 GEMMs on int8
-# tensor cores (IntegerMatmulTensorCore) or `dp4a` (IntegerMatmulDP4A); int32 sums for 16-bit activations where exact
-# generic 7, x86_avx2 12, x86_avx512 6, x86_avx512_vnni 9: the generic integer kernels (all 16-bit activation
-# depthwise convs) sum in int32 where the weights bound every sum within it (`numerics.accumulator_dtype`)
+# tensor cores (IntegerMatmulTensorCore) or `dp4a` (IntegerMatmulDP4A)
+# generic 7, x86_avx2 12, x86_avx512 6, x86_avx512_vnni 9: the generic integer kernels sum 16-bit activations in
+# int32 where the weights bound every sum within it (`numerics.accumulator_dtype`); the x86 libraries run
+# 16-bit activation depthwise convs on their uint8 depthwise kernels, one pass per byte plane
 KERNEL_VERSIONS = {"generic": 7, "x86_avx2": 12, "x86_avx512": 6, "x86_avx512_vnni": 9, "cuda": 1}
 UNVERSIONED = "generic/1"  # measurements stored before kernels were recorded
 

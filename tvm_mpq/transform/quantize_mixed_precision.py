@@ -21,8 +21,8 @@ grouped non-depthwise convs). "cuda" is "generic" except for W8A8 dense layers a
 inside the kernel their uint8 activation becomes int8 (x - 128, zero point zp - 128), the reduction leaves
 the zero point out (``acc += x * w``: int8 x int8 -> int32, what int8 tensor cores and ``dp4a`` compute),
 and ``(zp - 128) * sum(w)`` per output channel is subtracted after it (`kernels.quantized.zero_point_offsets`).
-Layers at FP16 cast their operands to float16 and accumulate in float32; FP32 layers are left untouched. Weights are quantized with `numerics`, exactly as the
-simulator quantizes them.
+Layers at FP16 cast their operands to float16 and accumulate in float32; FP32 layers are left untouched.
+Weights are quantized with `numerics`, exactly as the simulator quantizes them.
 """
 
 from __future__ import annotations
@@ -216,13 +216,20 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             and all(e.dtype == "uint8" for e in encs))
     lanes = PACKED_CPU_LIBRARIES.get(kernels, 8)
     vnni = kernels == "x86_avx512_vnni"
-    # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM
+    # 16-bit activations of dense layers and 1x1 convs: two byte planes on the VNNI u8s8 GEMM; of depthwise
+    # convs: two byte planes on the uint8 depthwise kernel (any x86 library)
     a16 = vnni and encs[0].dtype == "int16" and avx2.supports_a16(wl)
+    dw16 = kernels in PACKED_CPU_LIBRARIES and encs[0].dtype == "int16" and avx2.supports_depthwise_a16(wl)
 
     # cuda: 8-bit GEMMs as int8 x int8 sums with the zero point out of the reduction (see the module docstring)
     s8_form = (kernels == "cuda" and cand.weight_bits == 8 and encs[0].dtype == "uint8"
                and layer.op_type in ("conv2d", "linear") and (layer.op_type == "linear" or wl.groups == 1))
     zero_point = encs[0].zero_point - (128 if s8_form else 0)  # of the operand the reduction reads
+
+    def accumulator(q):
+        # int32 sums for 16-bit activations where exact; not on CUDA, where TVM 0.27 cannot lower the cross-thread
+        # reduction dlight's GEMV rule gives an int32 sum of int16 x int4 products (batch-1 W4A16 linear layers)
+        return cand.acc_dtype if kernels == "cuda" else numerics.accumulator_dtype(cand, q, encs[0])
 
     def quantized(x, enc, channel_shape=None):
         return x if inputs_quantized else emit_quantize(bb, x, enc, channel_shape)
@@ -237,18 +244,24 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
         weight = smoothing.scale_weight(weight, encs[0].channel_scale)
     if layer.op_type == "conv2d":
         xq = quantized(args[0], encs[0], (1, -1, 1, 1))
-        if fast or a16:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
+        if fast or a16 or dw16:  # int4 weights are exact int16 values in the packed operand (packed at compile time)
             q, w_scale = numerics.quantize_weight(weight, cand.weight_bits)
-            acc = (avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
-                   if fast else avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag))
+            if fast:
+                acc = avx2.conv2d(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes, vnni=vnni)
+            elif dw16:
+                acc = avx2.depthwise_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag, lanes=lanes,
+                                         vnni=vnni)
+            else:
+                acc = avx2.conv1x1_a16(bb, xq, q, wl, zero_point=encs[0].zero_point, tag=tag)
         else:
             w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qconv2d_nchw, xq, w,
                 data_zero_point=encs[0].zero_point, strides=tuple(wl.strides), padding=tuple(wl.padding),
                 dilation=tuple(wl.dilation), groups=wl.groups, weight_bits=cand.weight_bits,
-                kernel_shape=tuple(wl.weight_shape), acc_dtype=numerics.accumulator_dtype(cand, q, encs[0]),
-                zero_point_in_reduction=not s8_form, int8_operand=s8_form, primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
+                kernel_shape=tuple(wl.weight_shape), acc_dtype=accumulator(q),
+                zero_point_in_reduction=not s8_form, int8_operand=s8_form,
+                primfunc_name_hint=_tagged(tag, "qconv2d_nchw"),
             )
             acc = minus_zero_point_offsets(acc, q, (1, -1, 1, 1))
         divisor = numerics.requant_divisor(encs[0].scale, w_scale).reshape(1, -1, 1, 1)
@@ -268,7 +281,7 @@ def _emit_quantized(bb, layer: Layer, cand: Candidate, args, weight, encs, input
             w, w_scale, q = _quantized_weight(weight, cand.weight_bits)
             acc = bb.emit_te(
                 qdense, xq, w, data_zero_point=encs[0].zero_point, weight_bits=cand.weight_bits,
-                in_features=k, acc_dtype=numerics.accumulator_dtype(cand, q, encs[0]),
+                in_features=k, acc_dtype=accumulator(q),
                 zero_point_in_reduction=not s8_form, int8_operand=s8_form,
                 primfunc_name_hint=_tagged(tag, "qdense"),
             )

@@ -235,6 +235,33 @@ def _byte_planes(bb, xq):
     return _unfused_te(bb, planes, xq, "byte_planes")
 
 
+def supports_depthwise_a16(wl: Workload) -> bool:
+    """Depthwise convs the x86 libraries run with 16-bit activations: those their uint8 kernels take."""
+    return A16_PLANES and wl.op == "conv2d" and wl.groups > 1 and supports(wl, "uint8")
+
+
+def depthwise_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, tag: str = "", lanes: int = k.VEC,
+                  vnni: bool = False):
+    """Depthwise conv of int16 x [N, C, H, W] on the uint8 depthwise kernel, once per byte plane: with
+    x + 2^15 = 256 * hi + lo and the padding value zp + 2^15 = 256 * hp + lp,
+    sum((x - zp) * w) = 256 * sum((hi - hp) * w) + sum((lo - lp) * w), each plane's sum being what the uint8
+    kernel computes with zero point hp or lp. Exact in int32 (and in the float32 kernel): a plane's sum is at
+    most 64 taps of 255 * 127, 2^21, and the combined one 2^29."""
+    from tvm import te
+
+    pad = int(zero_point) + A16_OFFSET
+
+    def plane(shift: int):
+        def compute(x):
+            return te.compute(x.shape, lambda *i: (((x(*i).astype("int32") + A16_OFFSET) >> shift) & 255)
+                              .astype("uint8"), name=f"byte_plane{shift}")
+        return _unfused_te(bb, compute, xq, "high_bytes" if shift else "low_bytes")
+
+    high = conv2d(bb, plane(8), weight, wl, zero_point=pad >> 8, tag=tag, lanes=lanes, vnni=vnni)
+    low = conv2d(bb, plane(0), weight, wl, zero_point=pad & 255, tag=tag, lanes=lanes, vnni=vnni)
+    return bb.emit(relax.op.add(relax.op.left_shift(high, relax.const(8, "int32")), low))
+
+
 def dense_a16(bb, xq, weight: np.ndarray, *, zero_point: int, tag: str = ""):
     """int16 x [M, K] @ int8-valued weight[N, K].T → int64 accumulator [M, N] (see `A16_OFFSET`)."""
     m, kk = (int(v) for v in xq.ty.shape)

@@ -1,14 +1,18 @@
-"""16-bit activations with int32 sums where they are exact, against the int64 sums they replace.
+"""16-bit activation depthwise convs: on the x86 uint8 depthwise kernels in two byte planes, against the generic
+kernels with int32 sums (exact here) and with the int64 sums they used before.
 
-`numerics.accumulator_dtype` gives a layer with 16-bit activations an int32 accumulator wherever its weights
-bound every sum within int32 (depthwise convs always: 9 or 25 terms). EfficientNet-Lite0's depthwise
-shapes, compiled for the profile's target at W8A16 with the int32 sums and with the int64 ones (the
-choice forced back), FP32 and W8A8 beside them; the two W8A16 builds are checked to give identical outputs,
-then all are timed side by side in interleaved rounds (TVM's threads: all cores).
+EfficientNet-Lite0's depthwise shapes, each compiled for the profile's target at
+- W8A16: `x86_avx2_lowering.depthwise_a16`, the uint8 depthwise kernel (VNNI quads or float32 FMAs) once per
+  byte plane of x + 2^15;
+- W8A16 generic int32: the generic TE kernel, `numerics.accumulator_dtype`'s int32 sums (planes off);
+- W8A16 generic int64: the same with int64 sums (the accumulator choice forced back): the previous kernels;
+- FP32 and W8A8 beside them.
+The three W8A16 builds are checked to give identical outputs, then all are timed side by side in
+interleaved rounds (TVM's threads: all cores).
 
-    python benchmarks/a16_accumulator.py [--hw host] [--rounds 15]
+    python benchmarks/a16_depthwise.py [--hw host] [--rounds 15]
 
-Writes benchmarks/results/<hw>/a16_accumulator.json.
+Writes benchmarks/results/<hw>/a16_depthwise.json.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def compare(module, shape, profile, rounds: int) -> dict:
     from tvm_mpq.measure.interleaved import interleave, vm_sampler
     from tvm_mpq.pipeline import make_plan
     from tvm_mpq.simulate import Simulator
+    from tvm_mpq.transform import x86_avx2_lowering
 
     gen = torch.Generator().manual_seed(0)
     data = [(torch.randn(*shape, generator=gen),) for _ in range(8)]
@@ -57,18 +62,23 @@ def compare(module, shape, profile, rounds: int) -> dict:
     target = profile.tvm_target()
     chosen = numerics.accumulator_dtype
     builds = {}
-    for label, plan, forced in (("FP32", "fp32", False), ("W8A8", "w8a8", False), ("W8A16", "w8a16", False),
-                                ("W8A16 int64", "w8a16", True)):
-        if forced:
+    for label, plan, planes, int64 in (("FP32", "fp32", True, False), ("W8A8", "w8a8", True, False),
+                                       ("W8A16", "w8a16", True, False),
+                                       ("W8A16 generic int32", "w8a16", False, False),
+                                       ("W8A16 generic int64", "w8a16", False, True)):
+        x86_avx2_lowering.A16_PLANES = planes
+        if int64:
             numerics.accumulator_dtype = lambda cand, q, enc: cand.acc_dtype
         try:
             builds[label] = build(imported, make_plan(plan, imported, profile, stats, "minmax"), target)
         finally:
             numerics.accumulator_dtype = chosen
+            x86_avx2_lowering.A16_PLANES = True
     x = [data[0][0].numpy()]
-    identical = bool(np.array_equal(builds["W8A16"].run(x), builds["W8A16 int64"].run(x)))
+    outputs = [builds[label].run(x) for label in ("W8A16", "W8A16 generic int32", "W8A16 generic int64")]
+    identical = all(np.array_equal(outputs[0], o) for o in outputs[1:])
     if not identical:
-        raise SystemExit("the int32 and int64 W8A16 builds disagree")
+        raise SystemExit("the W8A16 builds disagree")
     seconds = interleave({label: vm_sampler(b, x, calls=5) for label, b in builds.items()}, rounds)
     stats_ms = {label: LatencyStats.from_seconds(s, 1).to_dict() for label, s in seconds.items()}
     ref = np.asarray(seconds["W8A16"])
@@ -88,7 +98,7 @@ def run(hw: str, rounds: int) -> dict:
         out["blocks"][name] = row
         lat = ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row["latency"].items())
         rat = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items())
-        print(f"[a16 acc] {name}: {lat}; {rat}", flush=True)
+        print(f"[a16 depthwise] {name}: {lat}; {rat}", flush=True)
     return out
 
 
@@ -96,10 +106,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", default="host")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<hw>/a16_accumulator.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<hw>/a16_depthwise.json)")
     args = parser.parse_args(argv)
     result = run(args.hw, args.rounds)
-    write_result(Path(args.out) if args.out else results_dir() / result["profile"] / "a16_accumulator.json", result)
+    write_result(Path(args.out) if args.out else results_dir() / result["profile"] / "a16_depthwise.json", result)
     return 0
 
 
