@@ -87,13 +87,14 @@ def compare(module, shape, profile, rounds: int) -> dict:
     return {"input_shape": list(shape), "latency": stats_ms, "ratios": ratios, "identical_w8a16_outputs": identical}
 
 
-def run(hw: str, rounds: int) -> dict:
+def run(hw: str, rounds: int, blocks=None) -> dict:
     from tvm_mpq.hardware import load_profile
 
     set_tvm_threads()
     profile = load_profile(hw)
     out = {"machine": machine_info(), "profile": profile.name, "rounds": rounds, "calls_per_round": 5, "blocks": {}}
-    for name, (channels, size, kernel, stride) in BLOCKS.items():
+    for name in blocks or BLOCKS:
+        channels, size, kernel, stride = BLOCKS[name]
         row = compare(_depthwise(channels, kernel, stride), (1, channels, size, size), profile, rounds)
         out["blocks"][name] = row
         lat = ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row["latency"].items())
@@ -106,9 +107,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", default="host")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--blocks", nargs="+", choices=sorted(BLOCKS), help="default: all")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<hw>/a16_depthwise.json)")
     args = parser.parse_args(argv)
-    result = run(args.hw, args.rounds)
+    result = run(args.hw, args.rounds, args.blocks)
     write_result(Path(args.out) if args.out else results_dir() / result["profile"] / "a16_depthwise.json", result)
     return 0
 

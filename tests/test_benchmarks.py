@@ -371,6 +371,28 @@ def test_a16_layers_smoke(tmp_path):
     assert x86_avx2_lowering.A16_PLANES is True
 
 
+def test_a16_depthwise_smoke(tmp_path):
+    """The 16-bit depthwise benchmark: the byte-plane and both generic W8A16 builds agree, every build is timed,
+    the switches it flips are restored."""
+    from tvm_mpq import numerics
+    from tvm_mpq.kernels import host_runs
+    from tvm_mpq.transform import x86_avx2_lowering
+
+    if not host_runs("x86_avx2"):
+        pytest.skip("this CPU cannot run the x86_avx2 kernels")
+    from benchmarks import a16_depthwise
+
+    chosen = numerics.accumulator_dtype
+    out = tmp_path / "a16_depthwise.json"
+    assert a16_depthwise.main(["--hw", "x86_avx2", "--rounds", "1", "--blocks", "dw5x5_672x14", "--out",
+                               str(out)]) == 0
+    (row,) = json.loads(out.read_text())["blocks"].values()
+    assert row["identical_w8a16_outputs"] is True
+    assert set(row["latency"]) == {"FP32", "W8A8", "W8A16", "W8A16 generic int32", "W8A16 generic int64"}
+    assert all(v["median_ms"] > 0 for v in row["latency"].values())
+    assert x86_avx2_lowering.A16_PLANES is True and numerics.accumulator_dtype is chosen
+
+
 def test_smoothing_ab_on_tiny_transformer():
     """benchmarks/smoothing.py scores W8A8 with and without smoothing on the same data and times both builds
     side by side."""
