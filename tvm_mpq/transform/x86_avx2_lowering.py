@@ -258,7 +258,9 @@ def depthwise_a16(bb, xq, weight: np.ndarray, wl: Workload, *, zero_point: int, 
         return _unfused_te(bb, compute, xq, "high_bytes" if shift else "low_bytes")
 
     high = conv2d(bb, plane(8), weight, wl, zero_point=pad >> 8, tag=tag, lanes=lanes, vnni=vnni)
-    low = conv2d(bb, plane(0), weight, wl, zero_point=pad & 255, tag=tag, lanes=lanes, vnni=vnni)
+    # untagged: a layer has one tagged kernel call, the calls after it up to the next layer's count with it
+    # (`measure.in_model.layer_segments`)
+    low = conv2d(bb, plane(0), weight, wl, zero_point=pad & 255, lanes=lanes, vnni=vnni)
     return bb.emit(relax.op.add(relax.op.left_shift(high, relax.const(8, "int32")), low))
 
 
