@@ -18,16 +18,15 @@ Writes benchmarks/results/<hw>/a16_depthwise.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, results_dir, write_result  # noqa: E402
+from benchmarks.common import compare_plan_builds, machine_info, results_dir, write_result  # noqa: E402
 from benchmarks.timing import set_tvm_threads  # noqa: E402
 
 # EfficientNet-Lite0 depthwise layers: (channels, input size, kernel, stride)
@@ -44,47 +43,30 @@ def _depthwise(channels: int, kernel: int, stride: int):
         torch.nn.ReLU6()).eval()
 
 
-def compare(module, shape, profile, rounds: int) -> dict:
-    import torch
-
+@contextlib.contextmanager
+def _generic(int64: bool):
+    """W8A16 on the generic kernels (byte planes off), with their int64 sums when `int64`."""
     from tvm_mpq import numerics
-    from tvm_mpq.build import LatencyStats, build
-    from tvm_mpq.frontend import import_model
-    from tvm_mpq.measure.interleaved import interleave, vm_sampler
-    from tvm_mpq.pipeline import make_plan
-    from tvm_mpq.simulate import Simulator
     from tvm_mpq.transform import x86_avx2_lowering
 
-    gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(*shape, generator=gen),) for _ in range(8)]
-    imported = import_model(module, data[0])
-    stats = Simulator(imported).calibrate(data)
-    target = profile.tvm_target()
     chosen = numerics.accumulator_dtype
-    builds = {}
-    for label, plan, planes, int64 in (("FP32", "fp32", True, False), ("W8A8", "w8a8", True, False),
-                                       ("W8A16", "w8a16", True, False),
-                                       ("W8A16 generic int32", "w8a16", False, False),
-                                       ("W8A16 generic int64", "w8a16", False, True)):
-        x86_avx2_lowering.A16_PLANES = planes
-        if int64:
-            numerics.accumulator_dtype = lambda cand, q, enc: cand.acc_dtype
-        try:
-            builds[label] = build(imported, make_plan(plan, imported, profile, stats, "minmax"), target)
-        finally:
-            numerics.accumulator_dtype = chosen
-            x86_avx2_lowering.A16_PLANES = True
-    x = [data[0][0].numpy()]
-    outputs = [builds[label].run(x) for label in ("W8A16", "W8A16 generic int32", "W8A16 generic int64")]
-    identical = all(np.array_equal(outputs[0], o) for o in outputs[1:])
-    if not identical:
-        raise SystemExit("the W8A16 builds disagree")
-    seconds = interleave({label: vm_sampler(b, x, calls=5) for label, b in builds.items()}, rounds)
-    stats_ms = {label: LatencyStats.from_seconds(s, 1).to_dict() for label, s in seconds.items()}
-    ref = np.asarray(seconds["W8A16"])
-    ratios = {f"W8A16 / {label}": float(np.median(ref / np.asarray(seconds[label])))
-              for label in builds if label != "W8A16"}
-    return {"input_shape": list(shape), "latency": stats_ms, "ratios": ratios, "identical_w8a16_outputs": identical}
+    x86_avx2_lowering.A16_PLANES = False
+    if int64:
+        numerics.accumulator_dtype = lambda cand, q, enc: cand.acc_dtype
+    try:
+        yield
+    finally:
+        numerics.accumulator_dtype = chosen
+        x86_avx2_lowering.A16_PLANES = True
+
+
+def compare(module, shape, profile, rounds: int) -> dict:
+    variants = {"FP32": ("fp32", None), "W8A8": ("w8a8", None), "W8A16": ("w8a16", None),
+                "W8A16 generic int32": ("w8a16", lambda: _generic(False)),
+                "W8A16 generic int64": ("w8a16", lambda: _generic(True))}
+    row = compare_plan_builds(module, shape, profile, variants, rounds,
+                              ["W8A16", "W8A16 generic int32", "W8A16 generic int64"])
+    return {**row, "identical_w8a16_outputs": True}
 
 
 def run(hw: str, rounds: int, blocks=None) -> dict:

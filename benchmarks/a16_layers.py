@@ -16,16 +16,15 @@ Writes benchmarks/results/<hw>/a16_layers.json. Needs a CPU with AVX-512 VNNI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, results_dir, write_result  # noqa: E402
+from benchmarks.common import compare_plan_builds, machine_info, results_dir, write_result  # noqa: E402
 from benchmarks.timing import set_tvm_threads  # noqa: E402
 
 
@@ -52,39 +51,23 @@ def _blocks():
     return {"ffn": (FFN().eval(), (128, 384)), "pointwise": (Pointwise().eval(), (1, 40, 28, 28))}
 
 
-def compare(module, shape, profile, rounds: int) -> dict:
-    import torch
-
-    from tvm_mpq.build import LatencyStats, build
-    from tvm_mpq.frontend import import_model
-    from tvm_mpq.measure.interleaved import interleave, vm_sampler
-    from tvm_mpq.pipeline import make_plan
-    from tvm_mpq.simulate import Simulator
+@contextlib.contextmanager
+def _generic():
+    """W8A16 on the generic int64 kernels (byte planes off)."""
     from tvm_mpq.transform import x86_avx2_lowering
 
-    gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(*shape, generator=gen),) for _ in range(8)]
-    imported = import_model(module, data[0])
-    stats = Simulator(imported).calibrate(data)
-    target = profile.tvm_target()
-    builds = {}
-    for label, plan, planes in (("FP32", "fp32", True), ("W8A8", "w8a8", True), ("W8A16", "w8a16", True),
-                                ("W8A16 generic", "w8a16", False)):
-        x86_avx2_lowering.A16_PLANES = planes
-        try:
-            builds[label] = build(imported, make_plan(plan, imported, profile, stats, "minmax"), target)
-        finally:
-            x86_avx2_lowering.A16_PLANES = True
-    x = [data[0][0].numpy()]
-    identical = bool(np.array_equal(builds["W8A16"].run(x), builds["W8A16 generic"].run(x)))
-    if not identical:
-        raise SystemExit("the byte-plane and the generic W8A16 builds disagree")
-    seconds = interleave({label: vm_sampler(b, x, calls=5) for label, b in builds.items()}, rounds)
-    stats_ms = {label: LatencyStats.from_seconds(s, 1).to_dict() for label, s in seconds.items()}
-    ref = np.asarray(seconds["W8A16"])
-    ratios = {f"W8A16 / {label}": float(np.median(ref / np.asarray(seconds[label])))
-              for label in builds if label != "W8A16"}
-    return {"input_shape": list(shape), "latency": stats_ms, "ratios": ratios, "identical_w8a16_outputs": identical}
+    x86_avx2_lowering.A16_PLANES = False
+    try:
+        yield
+    finally:
+        x86_avx2_lowering.A16_PLANES = True
+
+
+def compare(module, shape, profile, rounds: int) -> dict:
+    variants = {"FP32": ("fp32", None), "W8A8": ("w8a8", None), "W8A16": ("w8a16", None),
+                "W8A16 generic": ("w8a16", _generic)}
+    row = compare_plan_builds(module, shape, profile, variants, rounds, ["W8A16", "W8A16 generic"])
+    return {**row, "identical_w8a16_outputs": True}
 
 
 def run(hw: str, rounds: int) -> dict:

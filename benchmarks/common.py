@@ -85,3 +85,43 @@ def calibrated_model(name: str, profile, calib_samples: int, held_out: int):
     sim = Simulator(imported)
     stats = sim.calibrate(calib)
     return imported, sim, stats, held, sim.run(held)
+
+
+def compare_plan_builds(module, shape, profile, variants: dict, rounds: int, same_output: list[str]) -> dict:
+    """`module` on one seeded input of `shape`, calibrated by the simulator and compiled for `profile` once
+    per variant — {label: (homogeneous plan name, switches)}, `switches` a context manager factory held while
+    that build compiles (or None) — the builds in `same_output` checked to give identical outputs (SystemExit
+    otherwise), all timed side by side in `rounds` interleaved rounds of 5 calls. Returns the input shape, each
+    build's latency, and the ratios of the first `same_output` build to each other build."""
+    import numpy as np
+    import torch
+
+    from tvm_mpq.build import LatencyStats, build
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.measure.interleaved import interleave, vm_sampler
+    from tvm_mpq.pipeline import make_plan
+    from tvm_mpq.simulate import Simulator
+
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(*shape, generator=gen),) for _ in range(8)]
+    imported = import_model(module, data[0])
+    stats = Simulator(imported).calibrate(data)
+    builds = {}
+    for label, (plan, switches) in variants.items():
+        resolved = make_plan(plan, imported, profile, stats, "minmax")
+        if switches is None:
+            builds[label] = build(imported, resolved, profile.tvm_target())
+        else:
+            with switches():
+                builds[label] = build(imported, resolved, profile.tvm_target())
+    x = [data[0][0].numpy()]
+    outputs = [builds[label].run(x) for label in same_output]
+    if not all(np.array_equal(outputs[0], o) for o in outputs[1:]):
+        raise SystemExit(f"the builds {', '.join(same_output)} disagree")
+    seconds = interleave({label: vm_sampler(b, x, calls=5) for label, b in builds.items()}, rounds)
+    ref_label = same_output[0]
+    ref = np.asarray(seconds[ref_label])
+    return {"input_shape": list(shape),
+            "latency": {label: LatencyStats.from_seconds(s, 1).to_dict() for label, s in seconds.items()},
+            "ratios": {f"{ref_label} / {label}": float(np.median(ref / np.asarray(seconds[label])))
+                       for label in builds if label != ref_label}}
