@@ -19,6 +19,7 @@ Resumable: a task or model whose library and entry (`<lib>.json`) exist is not r
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -58,6 +59,7 @@ def compile_for(mod, target, kernel_dir: Path):
     return compile_module(mod, target), {"weights": [], "kernels": [], "schedule": {}}
 
 
+@functools.lru_cache(maxsize=None)
 def _measure_module():
     """scripts/device/measure.py (the device side), for the seeded arrays and output sampling it uses."""
     import importlib.util
